@@ -1,0 +1,105 @@
+"""Decode raw image buffers (the fields of sensor_msgs/Image) into numpy arrays, with checks.
+
+Kept free of ROS types: live nodes pass message fields, bag readers pass deserialised fields,
+and both get the same validation and the same error messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# encoding -> (dtype, channels); depth encodings as RealSense and MuJoCo publish them
+DEPTH_ENCODINGS = {"16UC1": (np.uint16, 1), "mono16": (np.uint16, 1), "32FC1": (np.float32, 1)}
+COLOR_ENCODINGS = {
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1),
+}
+# metres per stored unit: 16-bit depth is millimetres (REP-118), float depth is metres
+DEPTH_SCALE_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+
+
+class ImageDecodeError(ValueError):
+    """An Image whose fields are inconsistent or whose encoding is not supported here."""
+
+
+def _view(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+    data,
+    table: dict,
+    kind: str,
+) -> np.ndarray:
+    if encoding not in table:
+        raise ImageDecodeError(
+            f"unsupported {kind} encoding '{encoding}' (supported: {', '.join(table)})"
+        )
+    dtype, channels = table[encoding]
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"{kind} image is empty ({width}x{height})")
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"{kind} step {step} is smaller than width*channels*bytes = {row_bytes} "
+            f"for {width} px of {encoding}"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    buf = buf.reshape(-1).view(np.uint8)
+    if buf.size != step * height:
+        raise ImageDecodeError(
+            f"{kind} data has {buf.size} bytes, expected step*height = {step}*{height} = "
+            f"{step * height}"
+        )
+    rows = buf.reshape(height, step)[:, :row_bytes]
+    out = rows.view(np.dtype(dtype).newbyteorder(">" if is_bigendian else "<"))
+    out = out.reshape(height, width, channels) if channels > 1 else out.reshape(height, width)
+    if is_bigendian and itemsize > 1:
+        out = out.astype(np.dtype(dtype).newbyteorder("="))
+    return out
+
+
+def decode_depth(
+    encoding: str, height: int, width: int, step: int, is_bigendian: bool, data
+) -> tuple[np.ndarray, float]:
+    """Return ``(depth, scale_m)``: depth (H, W) uint16 or float32 in its stored unit (a view on
+    ``data`` where possible, no copy) and the metres per unit. Invalid pixels are 0 (16-bit) or
+    0 / NaN / inf (float); fusion drops them."""
+    depth = _view(encoding, height, width, step, is_bigendian, data, DEPTH_ENCODINGS, "depth")
+    return depth, DEPTH_SCALE_M[encoding]
+
+
+def decode_color(
+    encoding: str, height: int, width: int, step: int, is_bigendian: bool, data
+) -> np.ndarray:
+    """Return (H, W, 3) uint8 RGB (a copy when channels must be reordered or dropped)."""
+    img = _view(encoding, height, width, step, is_bigendian, data, COLOR_ENCODINGS, "color")
+    if encoding == "rgb8":
+        return img
+    if encoding == "bgr8":
+        return img[..., ::-1]
+    if encoding == "rgba8":
+        return img[..., :3]
+    if encoding == "bgra8":
+        return img[..., 2::-1]
+    return np.repeat(img[..., None], 3, axis=-1)
+
+
+def depth_to_metres(depth: np.ndarray, scale_m: float) -> np.ndarray:
+    """(H, W) stored depth -> float32 metres with every invalid pixel set to 0."""
+    d = depth.astype(np.float32) * np.float32(scale_m)
+    d[~np.isfinite(d)] = 0.0
+    return d
+
+
+def encode_depth_mm(depth_m: np.ndarray) -> np.ndarray:
+    """(H, W) metres -> uint16 millimetres (16UC1); invalid or out-of-range pixels become 0."""
+    d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    mm = np.rint(d * 1000.0)
+    mm[(mm < 0) | (mm > 65535)] = 0
+    return mm.astype(np.uint16)

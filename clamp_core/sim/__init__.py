@@ -1,0 +1,1 @@
+"""Simulated worlds: an analytic RGB-D scene for perception tests and demos."""
