@@ -27,7 +27,12 @@ class ConnectivityError(TfError):
 
 
 class ExtrapolationError(TfError):
-    pass
+    """Requested time outside a link's data; ``into_future`` tells which side (waiting helps
+    only for the future)."""
+
+    def __init__(self, message: str, into_future: bool = False):
+        super().__init__(message)
+        self.into_future = into_future
 
 
 def _fmt_s(stamp_ns: int) -> str:
@@ -153,7 +158,8 @@ class TfBuffer:
             raise ExtrapolationError(
                 f"lookup '{target}' <- '{source}' would extrapolate {gap * 1e-9:.3f}s into the "
                 f"{where}: requested {_fmt_s(stamp_ns)}, {have} data for link "
-                f"'{self._parent[child]}' -> '{child}' is at {_fmt_s(stamps[edge])}"
+                f"'{self._parent[child]}' -> '{child}' is at {_fmt_s(stamps[edge])}",
+                into_future=i != 0,
             )
         t0, t1 = stamps[i - 1], stamps[i]
         return Transform.interpolate(track.values[i - 1], track.values[i], (stamp_ns - t0) / (t1 - t0))

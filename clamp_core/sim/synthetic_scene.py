@@ -16,6 +16,50 @@ import numpy as np
 from ..geometry.camera import PinholeCamera
 from ..geometry.transforms import Transform, look_at
 
+try:
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def _raycast_grid(origin, rot, rays, table_half, box_lo, box_hi, depth, hit):
+        """Per pixel: ray o + s * R [rx, ry, 1]; s is then the optical-axis depth."""
+        height, width = depth.shape
+        for r in prange(height):
+            for c in range(width):
+                dx = rot[0, 0] * rays[r, c, 0] + rot[0, 1] * rays[r, c, 1] + rot[0, 2]
+                dy = rot[1, 0] * rays[r, c, 0] + rot[1, 1] * rays[r, c, 1] + rot[1, 2]
+                dz = rot[2, 0] * rays[r, c, 0] + rot[2, 1] * rays[r, c, 1] + rot[2, 2]
+                best = np.inf
+                best_id = -1
+                if dz != 0.0:
+                    s = -origin[2] / dz
+                    px = origin[0] + s * dx
+                    py = origin[1] + s * dy
+                    if s > 0 and abs(px) <= table_half[0] and abs(py) <= table_half[1]:
+                        best = s
+                        best_id = 0
+                d = (dx, dy, dz)
+                for b in range(box_lo.shape[0]):
+                    t_near = -np.inf
+                    t_far = np.inf
+                    for a in range(3):
+                        if d[a] == 0.0:
+                            if origin[a] < box_lo[b, a] or origin[a] > box_hi[b, a]:
+                                t_near = np.inf
+                            continue
+                        t1 = (box_lo[b, a] - origin[a]) / d[a]
+                        t2 = (box_hi[b, a] - origin[a]) / d[a]
+                        t_near = max(t_near, min(t1, t2))
+                        t_far = min(t_far, max(t1, t2))
+                    if t_near <= t_far and t_near > 0 and t_near < best:
+                        best = t_near
+                        best_id = b + 1
+                depth[r, c] = best if best_id >= 0 else 0.0
+                hit[r, c] = best_id
+
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+
 
 @dataclass(frozen=True)
 class Box:
@@ -124,13 +168,23 @@ class SyntheticScene:
         return self.render_pose(self.camera_pose(name, t_s), self.intrinsics)
 
     def render_pose(self, pose: Transform, cam: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
-        rays = cam.ray_grid().reshape(-1, 2).astype(np.float64)
-        d_cam = np.concatenate([rays, np.ones((len(rays), 1))], axis=1)  # z = 1: s is z-depth
         rot = pose.matrix()[:3, :3]
-        s, hit = self.raycast(np.broadcast_to(pose.translation, d_cam.shape), d_cam @ rot.T)
-        depth = np.where(np.isfinite(s), s, 0.0).astype(np.float32).reshape(cam.height, cam.width)
+        if HAVE_NUMBA:
+            depth64 = np.empty((cam.height, cam.width))
+            hit = np.empty((cam.height, cam.width), np.int64)
+            lo = np.array([np.subtract(b.center, b.half_extents) for b in self.boxes]).reshape(-1, 3)
+            hi = np.array([np.add(b.center, b.half_extents) for b in self.boxes]).reshape(-1, 3)
+            _raycast_grid(pose.translation, rot, cam.ray_grid().astype(np.float64),
+                          np.array(TABLE_HALF), lo, hi, depth64, hit)
+            depth = depth64.astype(np.float32)
+        else:
+            rays = cam.ray_grid().reshape(-1, 2).astype(np.float64)
+            d_cam = np.concatenate([rays, np.ones((len(rays), 1))], axis=1)  # z = 1: s = depth
+            s, hit = self.raycast(np.broadcast_to(pose.translation, d_cam.shape), d_cam @ rot.T)
+            depth = np.where(np.isfinite(s), s, 0.0).astype(np.float32)
+            depth = depth.reshape(cam.height, cam.width)
         palette = np.array([[0, 0, 0], TABLE_COLOR] + [b.color for b in self.boxes], np.uint8)
-        color = palette[hit + 1].reshape(cam.height, cam.width, 3)
+        color = palette[hit.reshape(-1) + 1].reshape(cam.height, cam.width, 3)
         return depth, color
 
     def surface_distance(self, points: np.ndarray) -> np.ndarray:

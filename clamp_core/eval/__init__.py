@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation tools that compare the perception core against reference libraries."""

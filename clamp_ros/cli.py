@@ -1,0 +1,19 @@
+"""Entry point of the `clamp` command: clamp_core's commands plus the ones that need ROS 2."""
+
+from __future__ import annotations
+
+import sys
+
+from clamp_core import cli as core_cli
+
+
+def main(argv=None) -> int:
+    parser, sub = core_cli.build_parser()
+    from .demo import add_demo_parser  # ROS itself is imported only when a ROS command runs
+
+    add_demo_parser(sub)
+    return core_cli.main(argv, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

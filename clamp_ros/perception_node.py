@@ -1,0 +1,387 @@
+"""Perception node: N RGB-D cameras + tf -> fused cloud -> five 4-channel virtual views.
+
+Thin adapter around ``clamp_core.perception.PerceptionPipeline``: callbacks only decode and
+validate (cheap), a single worker thread fuses and renders the newest synchronised set, so a slow
+frame never blocks the executor. Every bad input is logged once per camera and problem (throttled)
+and the frame is dropped; nothing is published from it.
+
+Outputs (all stamped with the reference camera's stamp, frame_id = base frame):
+  views/<name>   sensor_msgs/Image 32FC4: depth along the view axis (m), then X, Y, Z in the base
+                 frame (m); empty pixels are 0 in all four channels.
+  fused_points   sensor_msgs/PointCloud2 (x, y, z, rgb), only when ``publish_cloud`` is true.
+  /diagnostics   diagnostic_msgs/DiagnosticArray: input rates and ages, latency, drops by reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+
+from clamp_core.geometry.camera import CameraModelError
+from clamp_core.geometry.image import ImageDecodeError
+from clamp_core.geometry.sync import ApproximateTimeSync, SyncedSet, SyncError
+from clamp_core.geometry.tf_buffer import ExtrapolationError, TfBuffer, TfError
+from clamp_core.perception import PerceptionError, PerceptionPipeline, RgbdFrame
+from clamp_core.perception.config import ConfigError
+
+from .conversions import (
+    add_transforms,
+    camera_from_info,
+    cloud_msg,
+    color_from_msg,
+    depth_from_msg,
+    image_msg,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from .params import declare, declare_perception_config
+from .util import KeyedThrottle, LatencyStats, RateMeter
+
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+TF_STATIC_QOS = QoSProfile(
+    depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+
+
+def image_qos(name: str) -> QoSProfile:
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "reliable":
+        return QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
+                          reliability=ReliabilityPolicy.RELIABLE)
+    raise ConfigError(f"image_qos '{name}' must be sensor_data or reliable")
+
+
+class PerceptionNode(Node):
+    def __init__(self, node_name: str = "perception", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.config = cfg = declare_perception_config(self)
+        self.publish_cloud = declare(self, "publish_cloud", False,
+                                     "Publish the fused cloud on fused_points (debug; costs a copy).")
+        self.cloud_max_points = declare(self, "cloud_max_points", 200000,
+                                        "Subsample the debug cloud to at most this many points.")
+        qos_name = declare(self, "image_qos", "sensor_data",
+                           "QoS of image subscriptions: sensor_data (best effort) or reliable.")
+        diag_period = declare(self, "diagnostics_period_s", 1.0, "Diagnostics publish period.")
+        self.time_reset_s = declare(self, "time_reset_threshold_s", 1.0,
+                                    "A stamp this far behind the previous one means time was "
+                                    "reset (simulation restart): drop buffered state, carry on.")
+        self.error = KeyedThrottle(self.get_logger().error, 2.0)
+        self.warn = KeyedThrottle(self.get_logger().warning, 2.0)
+
+        self.tf_wait_s = declare(self, "tf_wait_s", 0.2,
+                                 "How long a synchronised set may wait for tf to catch up with "
+                                 "its image stamps (tf often arrives after the images).")
+        self.tf = TfBuffer(cfg.tf_cache_s, cfg.tf_tolerance_s)
+        self.tf_lock = threading.Condition()
+        self.pipeline = PerceptionPipeline(cfg)
+        t0 = time.perf_counter()
+        self.pipeline.warmup()
+        self.get_logger().info(
+            f"perception backend '{self.pipeline.backend}' ready in "
+            f"{time.perf_counter() - t0:.1f}s: {len(cfg.cameras)} cameras -> views "
+            f"{[v.name for v in cfg.views]} at {cfg.image_width}x{cfg.image_height}"
+        )
+        streams = [f"{c.name}/depth" for c in cfg.cameras]
+        streams += [f"{c.name}/color" for c in cfg.cameras if c.use_color]
+        self.sync = ApproximateTimeSync(streams, cfg.sync_tolerance_s, cfg.sync_queue_size)
+        self.sync_lock = threading.Lock()
+        self.cameras = {c.name: c for c in cfg.cameras}
+        self.infos: dict[str, object] = {c.name: None for c in cfg.cameras}
+        self.depth_infos: dict[str, object] = {c.name: None for c in cfg.cameras}
+        self.rates = {s: RateMeter() for s in streams}
+        self.out_rate = RateMeter()
+        self.latency = LatencyStats()  # set complete -> views published (processing)
+        self.age = LatencyStats()  # reference stamp -> views published (end to end, ROS clock)
+        self.drops: collections.Counter = collections.Counter()
+
+        qos = image_qos(qos_name)
+        self._subs = []
+        for c in cfg.cameras:
+            self._subs.append(self.create_subscription(
+                Image, c.depth_topic, lambda m, n=c.name: self.on_depth(n, m), qos))
+            self._subs.append(self.create_subscription(
+                CameraInfo, c.info_topic, lambda m, n=c.name: self.on_info(n, m, False), qos))
+            if c.use_color:
+                self._subs.append(self.create_subscription(
+                    Image, c.color_topic, lambda m, n=c.name: self.on_color(n, m), qos))
+            if not c.registered:
+                self._subs.append(self.create_subscription(
+                    CameraInfo, c.depth_info_topic,
+                    lambda m, n=c.name: self.on_info(n, m, True), qos))
+        self._subs.append(self.create_subscription(TFMessage, "/tf", self.on_tf, TF_QOS))
+        self._subs.append(
+            self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS))
+
+        self.view_pubs = {v.name: self.create_publisher(Image, f"views/{v.name}", 5)
+                          for v in cfg.views}
+        self.cloud_pub = self.create_publisher(PointCloud2, "fused_points", 2) \
+            if self.publish_cloud else None
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(diag_period, self.on_diagnostics)
+
+        self._pending: SyncedSet | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._worker = threading.Thread(target=self._work, name="perception", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ input callbacks
+    def on_info(self, cam: str, msg: CameraInfo, depth: bool) -> None:
+        table = self.depth_infos if depth else self.infos
+        try:
+            table[cam] = camera_from_info(msg)
+        except CameraModelError as e:
+            table[cam] = None
+            self.drops["bad_camera_info"] += 1
+            self.error((cam, "info"), f"camera '{cam}': invalid camera_info: {e}")
+
+    def _intrinsics(self, cam: str):
+        c = self.cameras[cam]
+        return self.infos[cam] if c.registered else self.depth_infos[cam]
+
+    def on_depth(self, cam: str, msg: Image) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        intr = self._intrinsics(cam)
+        if intr is None:
+            topic = self.cameras[cam].info_topic if self.cameras[cam].registered \
+                else self.cameras[cam].depth_info_topic
+            return self._drop(cam, "no_info",
+                              f"camera '{cam}': no valid camera_info on '{topic}' yet; "
+                              f"dropping depth frame")
+        try:
+            depth, scale = depth_from_msg(msg)
+        except ImageDecodeError as e:
+            return self._drop(cam, "bad_depth", f"camera '{cam}': bad depth image: {e}")
+        if (msg.width, msg.height) != (intr.width, intr.height):
+            return self._drop(cam, "size_mismatch",
+                              f"camera '{cam}': depth image is {msg.width}x{msg.height} but "
+                              f"camera_info says {intr.width}x{intr.height}")
+        if not _has_valid_depth(depth):
+            return self._drop(cam, "no_valid_depth",
+                              f"camera '{cam}': depth image has no valid pixel "
+                              f"(all zero, NaN or inf)")
+        frame_id = self.cameras[cam].frame_id or msg.header.frame_id
+        frame = RgbdFrame(cam, stamp, frame_id, intr, depth, scale)
+        try:
+            frame.validate()
+        except PerceptionError as e:
+            return self._drop(cam, "bad_depth", str(e))
+        self._offer(cam, f"{cam}/depth", stamp, frame)
+
+    def on_color(self, cam: str, msg: Image) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            color = color_from_msg(msg)
+        except ImageDecodeError as e:
+            return self._drop(cam, "bad_color", f"camera '{cam}': bad color image: {e}")
+        info = self.infos[cam]
+        if info is not None and (msg.width, msg.height) != (info.width, info.height):
+            return self._drop(cam, "size_mismatch",
+                              f"camera '{cam}': color image is {msg.width}x{msg.height} but "
+                              f"camera_info says {info.width}x{info.height}")
+        self._offer(cam, f"{cam}/color", stamp, color)
+
+    def _offer(self, cam: str, stream: str, stamp: int, item) -> None:
+        self.rates[stream].tick()
+        with self.sync_lock:
+            last = self.sync.latest_stamp(stream)
+            if last is not None and last - stamp > self.time_reset_s * 1e9:
+                self.warn((cam, "reset"),
+                          f"camera '{cam}': time jumped back {(last - stamp) * 1e-9:.2f}s; "
+                          f"assuming a clock reset and clearing buffered frames and tf")
+                self.sync.reset()
+                with self.tf_lock:
+                    self.tf.clear()
+            try:
+                sets = self.sync.add(stream, stamp, item)
+            except SyncError as e:
+                return self._drop(cam, "time_backwards", f"camera '{cam}': {e}; frame dropped")
+        if sets:
+            with self._cv:
+                if self._pending is not None:
+                    self.drops["busy"] += 1  # the worker is behind: newest set wins
+                self._pending = sets[-1]
+                self.drops["busy"] += len(sets) - 1
+                self._cv.notify()
+
+    def _drop_tf(self, frames: list[RgbdFrame], stamp_ns: int) -> None:
+        """Name the first camera (or view) whose pose is missing, and why."""
+        for f in frames:
+            try:
+                self.pipeline.camera_pose(f, self.tf)
+            except TfError as e:
+                return self._drop(f.camera, "tf", f"camera '{f.camera}': no pose for frame "
+                                  f"'{f.frame_id}' at {f.stamp_ns * 1e-9:.3f}s: {e}")
+        try:
+            self.pipeline.view_poses(self.tf, stamp_ns)
+        except TfError as e:
+            return self._drop("views", "tf", f"attached view pose unavailable at "
+                              f"{stamp_ns * 1e-9:.3f}s: {e}")
+
+    def _drop(self, cam: str, reason: str, message: str) -> None:
+        self.drops[reason] += 1
+        self.error((cam, reason), message)
+
+    def on_tf(self, msg: TFMessage) -> None:
+        self._add_tf(msg, False)
+
+    def on_tf_static(self, msg: TFMessage) -> None:
+        self._add_tf(msg, True)
+
+    def _add_tf(self, msg: TFMessage, static: bool) -> None:
+        with self.tf_lock:
+            errors = add_transforms(self.tf, msg.transforms, static)
+            self.tf_lock.notify_all()
+        for e in errors:
+            self.drops["bad_tf"] += 1
+            self.error(("tf", e.split(":")[0]), e)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                synced, self._pending = self._pending, None
+            try:
+                self._process(synced)
+            except Exception as e:  # never let one frame kill the node
+                self.drops["internal_error"] += 1
+                self.error(("internal", type(e).__name__), f"perception failed on a frame: {e!r}")
+
+    def _process(self, synced: SyncedSet) -> None:
+        t0 = time.perf_counter()
+        frames = []
+        for c in self.config.cameras:
+            _, frame = synced.items[f"{c.name}/depth"]
+            if c.use_color:
+                frame.color = synced.items[f"{c.name}/color"][1]
+            frames.append(frame)
+        deadline = time.monotonic() + self.tf_wait_s
+        with self.tf_lock:
+            while True:
+                try:
+                    cam_poses = [self.pipeline.camera_pose(f, self.tf) for f in frames]
+                    view_poses = self.pipeline.view_poses(self.tf, synced.stamp_ns)
+                    break
+                except TfError as e:
+                    remaining = deadline - time.monotonic()
+                    if isinstance(e, ExtrapolationError) and e.into_future and remaining > 0:
+                        self.tf_lock.wait(timeout=remaining)  # like tf2's message filter
+                        continue
+                    return self._drop_tf(frames, synced.stamp_ns)
+        try:
+            result = self.pipeline.process_posed(
+                frames, cam_poses, view_poses, synced.stamp_ns, want_cloud=self.publish_cloud,
+                want_colors=self.publish_cloud,
+            )
+        except PerceptionError as e:
+            return self._drop("frame", "bad_frame", str(e))
+        header = Header(stamp=ns_to_stamp(synced.stamp_ns), frame_id=self.config.base_frame)
+        for name, img in zip(result.views.names, result.views.images):
+            self.view_pubs[name].publish(image_msg(img, "32FC4", header))
+        if self.cloud_pub is not None and result.cloud is not None:
+            xyz, rgb = result.cloud.xyz, result.cloud.rgb
+            if len(xyz) > self.cloud_max_points:
+                step = int(np.ceil(len(xyz) / self.cloud_max_points))
+                xyz, rgb = xyz[::step], (rgb[::step] if rgb is not None else None)
+            self.cloud_pub.publish(cloud_msg(xyz, rgb, header))
+        self.out_rate.tick()
+        self.latency.add((time.perf_counter() - t0) * 1e3)
+        now_ns = self.get_clock().now().nanoseconds
+        self.age.add((now_ns - synced.stamp_ns) * 1e-6)
+
+    # ------------------------------------------------------------------ diagnostics
+    def on_diagnostics(self) -> None:
+        now = time.monotonic()
+        stale = []
+        values = []
+        for stream, meter in self.rates.items():
+            age = meter.age_s(now)
+            values.append(KeyValue(key=f"{stream} rate_hz", value=f"{meter.rate_hz(now):.1f}"))
+            values.append(KeyValue(key=f"{stream} age_s",
+                                   value="never" if age is None else f"{age:.2f}"))
+            if age is None or age > self.config.stale_after_s:
+                stale.append(stream)
+        for stream in stale:
+            cam = stream.split("/")[0]
+            age = self.rates[stream].age_s(now)
+            what = "has not published yet" if age is None else f"silent for {age:.1f}s"
+            self.error((cam, "stale", stream),
+                       f"camera '{cam}': {stream.split('/')[1]} stream {what} (stale); "
+                       f"no views are published until it returns")
+        values.append(KeyValue(key="views rate_hz", value=f"{self.out_rate.rate_hz(now):.1f}"))
+        for name, stats in (("processing_ms", self.latency), ("stamp_to_publish_ms", self.age)):
+            for q in (50, 95):
+                v = stats.percentile(q)
+                values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
+        values += [KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())]
+        values.append(KeyValue(key="backend", value=self.pipeline.backend))
+        level, message = DiagnosticStatus.OK, "ok"
+        if stale:
+            level, message = DiagnosticStatus.ERROR, f"stale inputs: {', '.join(stale)}"
+        elif self.out_rate.age_s(now) is None or self.out_rate.age_s(now) > 1.0:
+            level, message = DiagnosticStatus.WARN, "no views published recently"
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: perception",
+                                  message=message, hardware_id="clamp_ros", values=values)
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._worker.join(timeout=2.0)
+        super().destroy_node()
+
+
+def _has_valid_depth(depth: np.ndarray) -> bool:
+    if depth.dtype == np.uint16:
+        return bool(np.count_nonzero(depth))
+    d = depth[::4, ::4]  # a strided look is enough to tell "all invalid" from "mostly valid"
+    if np.any(np.isfinite(d) & (d > 0)):
+        return True
+    return bool(np.any(np.isfinite(depth) & (depth > 0)))
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PerceptionNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as e:
+        print(f"[perception] configuration error: {e}", flush=True)
+        raise SystemExit(2) from e
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Small helpers shared by the nodes: keyed log throttling and rate / latency statistics."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+
+class KeyedThrottle:
+    """Log each (key) at most once per ``period_s``; counts what it suppressed.
+
+    rclpy's own throttling is per call site, so one failing camera would hide another's
+    errors; here the key is e.g. (camera, problem)."""
+
+    def __init__(self, log_fn, period_s: float = 2.0):
+        self._log = log_fn
+        self._period = period_s
+        self._last: dict = {}
+        self._suppressed: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, key, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period:
+                self._suppressed[key] += 1
+                return
+            n = self._suppressed.pop(key, 0)
+            self._last[key] = now
+        self._log(message + (f" ({n} more like this suppressed)" if n else ""))
+
+
+class RateMeter:
+    """Events per second over a sliding window, plus time since the last event."""
+
+    def __init__(self, window_s: float = 5.0):
+        self._window = window_s
+        self._times: collections.deque = collections.deque()
+        self.last = None
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.last = now
+        self._times.append(now)
+        while self._times and now - self._times[0] > self._window:
+            self._times.popleft()
+
+    def rate_hz(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._times and now - self._times[0] > self._window:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+
+    def age_s(self, now: float | None = None) -> float | None:
+        if self.last is None:
+            return None
+        return (time.monotonic() if now is None else now) - self.last
+
+
+class LatencyStats:
+    """Keeps the last ``n`` samples (ms) and reports percentiles."""
+
+    def __init__(self, n: int = 500):
+        self._samples: collections.deque = collections.deque(maxlen=n)
+
+    def add(self, ms: float) -> None:
+        self._samples.append(ms)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._samples:
+            return None
+        s = sorted(self._samples)
+        return s[min(len(s) - 1, int(round(q / 100.0 * (len(s) - 1))))]
+
+    def __len__(self) -> int:
+        return len(self._samples)
