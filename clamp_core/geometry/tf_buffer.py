@@ -175,7 +175,10 @@ class TfBuffer:
         for f in (target, source):
             if not self.has_frame(f):
                 known = ", ".join(self.frames()) or "none"
-                raise UnknownFrameError(f"frame '{f}' does not exist (known frames: {known})")
+                raise UnknownFrameError(
+                    f"lookup '{target}' <- '{source}': frame '{f}' does not exist "
+                    f"(known frames: {known})"
+                )
         src_path = self._path_to_root(source)
         tgt_path = self._path_to_root(target)
         if src_path[-1] != tgt_path[-1]:

@@ -87,7 +87,7 @@ def default_boxes() -> list[Box]:
 
 
 TABLE_COLOR = (150, 120, 90)
-TABLE_HALF = (0.6, 0.45)  # the table top spans x in [-0.6, 0.6], y in [-0.45, 0.45] at z = 0
+TABLE_HALF = (0.7, 0.5)  # table top x in [-0.7, 0.7], y in [-0.5, 0.5] at z = 0: beyond the crop box
 
 
 @dataclass
