@@ -81,12 +81,14 @@ def decode_color(
     img = _view(encoding, height, width, step, is_bigendian, data, COLOR_ENCODINGS, "color")
     if encoding == "rgb8":
         return img
+    # reordered / dropped channels are strided views (negative strides for BGR): copy them into
+    # a C-contiguous array as documented, so consumers (cv2, torch.from_numpy) accept them
     if encoding == "bgr8":
-        return img[..., ::-1]
+        return np.ascontiguousarray(img[..., ::-1])
     if encoding == "rgba8":
-        return img[..., :3]
+        return np.ascontiguousarray(img[..., :3])
     if encoding == "bgra8":
-        return img[..., 2::-1]
+        return np.ascontiguousarray(img[..., 2::-1])
     return np.repeat(img[..., None], 3, axis=-1)
 
 

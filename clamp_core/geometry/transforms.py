@@ -74,9 +74,10 @@ def quat_slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     if dot < 0.0:  # q and -q are the same rotation: take the short way round
         b = -b
         dot = -dot
-    if dot > 0.9995:  # nearly parallel: lerp is exact to float precision and avoids 0/0
+    # angle between the 4-vectors, accurate for tiny angles too (arccos(dot) is not)
+    theta = 2.0 * np.arctan2(np.linalg.norm(b - a), np.linalg.norm(b + a))
+    if theta < 1e-6:  # nearly parallel: lerp's error is O(theta^3), below float precision
         return quat_normalize(a + t * (b - a))
-    theta = np.arccos(min(dot, 1.0))
     s = np.sin(theta)
     return (np.sin((1.0 - t) * theta) * a + np.sin(t * theta) * b) / s
 
