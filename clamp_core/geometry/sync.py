@@ -72,7 +72,10 @@ class ApproximateTimeSync:
                 f"{last * 1e-9:.6f}s (time went backwards)"
             )
         self._latest[stream] = stamp_ns
-        self._queues[stream].append((stamp_ns, item))
+        q = self._queues[stream]
+        if stream == self.reference and len(q) == q.maxlen:
+            self.dropped_pivots += 1  # the oldest waiting pivot falls out of the queue
+        q.append((stamp_ns, item))
         return self._drain()
 
     def _best(self, stream: str, pivot: int) -> tuple[int, Any] | None:
@@ -82,7 +85,7 @@ class ApproximateTimeSync:
         stamps = [s for s, _ in q]
         i = bisect.bisect_left(stamps, pivot)
         cands = [q[j] for j in (i - 1, i) if 0 <= j < len(q)]
-        # ties go to the older message, so the result does not depend on later arrivals
+        # equal distance on both sides of the pivot: the older message wins
         return min(cands, key=lambda m: (abs(m[0] - pivot), m[0]))
 
     def _drain(self) -> list[SyncedSet]:

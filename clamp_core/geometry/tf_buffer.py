@@ -110,10 +110,11 @@ class TfBuffer:
         track.prune_before(track.stamps[-1] - self.cache_ns)
 
     def clear(self) -> None:
-        """Forget dynamic history (e.g. after simulated time jumped backwards); keep static links."""
-        for child in list(self._dynamic):
-            del self._dynamic[child]
-            del self._parent[child]
+        """Forget dynamic history (e.g. after simulated time jumped backwards). The tree and the
+        static links stay: lookups through a dynamic link fail with ExtrapolationError (into the
+        future: new data will come) until that link is updated again."""
+        for child in self._dynamic:
+            self._dynamic[child] = _Track()
 
     def _would_loop(self, parent: str, child: str) -> bool:
         f = parent
@@ -145,6 +146,12 @@ class TfBuffer:
             return self._static[child]
         track = self._dynamic[child]
         stamps = track.stamps
+        if not stamps:
+            raise ExtrapolationError(
+                f"lookup '{target}' <- '{source}': no data for link '{self._parent[child]}' -> "
+                f"'{child}' since the buffer was cleared",
+                into_future=True,
+            )
         i = bisect.bisect_left(stamps, stamp_ns)
         if i < len(stamps) and stamps[i] == stamp_ns:
             return track.values[i]
@@ -167,7 +174,8 @@ class TfBuffer:
     def latest_common_time(self, target: str, source: str) -> int | None:
         """Newest stamp at which the whole chain has data (None if the chain is all static)."""
         up, down = self._chain(target, source)
-        latest = [self._dynamic[c].stamps[-1] for c in up + down if c in self._dynamic]
+        latest = [self._dynamic[c].stamps[-1] for c in up + down
+                  if c in self._dynamic and self._dynamic[c].stamps]
         return min(latest) if latest else None
 
     def _chain(self, target: str, source: str) -> tuple[list[str], list[str]]:
