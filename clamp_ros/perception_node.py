@@ -15,6 +15,7 @@ Outputs (all stamped with the reference camera's stamp, frame_id = base frame):
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 
@@ -238,7 +239,8 @@ class PerceptionNode(Node):
 
     def _drop(self, cam: str, reason: str, message: str) -> None:
         self.drops[reason] += 1
-        self.error((cam, reason), message)
+        # throttle per camera and problem; numbers (stamps, sizes) do not make a new problem
+        self.error((cam, reason, re.sub(r"[-+]?\d[\d.]*", "#", message)), message)
 
     def on_tf(self, msg: TFMessage) -> None:
         self._add_tf(msg, False)
