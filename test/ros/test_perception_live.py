@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import Image, PointCloud2
 
 from clamp_core.geometry.camera import PinholeCamera
@@ -63,6 +64,10 @@ def test_views_over_dds_match_the_scene_geometry(live):
             Image, f"views/{n}",
             lambda m, n=n: received.setdefault(stamp_to_ns(m.header.stamp), {}).update({n: m}), 5)
     node.create_subscription(PointCloud2, "fused_points", clouds.append, 2)
+    diags: list[DiagnosticStatus] = []
+    node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda m: diags.extend(s for s in m.status if s.name.endswith("perception")), 10)
 
     def complete_sets():
         return [s for s, views in received.items() if len(views) == len(names)]
@@ -91,6 +96,16 @@ def test_views_over_dds_match_the_scene_geometry(live):
     lo, hi = np.asarray(config.workspace_min), np.asarray(config.workspace_max)
     assert np.all((cloud >= lo - 1e-6) & (cloud <= hi + 1e-6))
     assert np.percentile(scene.surface_distance(cloud), 99) < 3e-3
+
+    # diagnostics: input rates per stream, output rate, latency, drops by reason
+    spin_until(node, lambda: any(d.level == DiagnosticStatus.OK for d in diags),
+               what="an OK perception diagnostic")
+    values = {kv.key: kv.value for kv in next(d for d in diags if d.level == 0).values}
+    for cam in ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"):
+        assert float(values[f"{cam}/depth rate_hz"]) > 0
+    assert float(values["views rate_hz"]) > 0
+    assert float(values["processing_ms p50"]) > 0
+    assert values["backend"] in ("numba", "numpy")
 
 
 def _smooth(depth: np.ndarray, tol: float = 0.01) -> np.ndarray:
