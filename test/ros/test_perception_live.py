@@ -100,7 +100,7 @@ def test_views_over_dds_match_the_scene_geometry(live):
     # diagnostics: input rates per stream, output rate, latency, drops by reason
     spin_until(node, lambda: any(d.level == DiagnosticStatus.OK for d in diags),
                what="an OK perception diagnostic")
-    values = {kv.key: kv.value for kv in next(d for d in diags if d.level == 0).values}
+    values = {kv.key: kv.value for kv in next(d for d in diags if d.level == DiagnosticStatus.OK).values}
     for cam in ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"):
         assert float(values[f"{cam}/depth rate_hz"]) > 0
     assert float(values["views rate_hz"]) > 0
