@@ -98,9 +98,12 @@ def test_views_over_dds_match_the_scene_geometry(live):
     assert np.percentile(scene.surface_distance(cloud), 99) < 3e-3
 
     # diagnostics: input rates per stream, output rate, latency, drops by reason
-    spin_until(node, lambda: any(d.level == DiagnosticStatus.OK for d in diags),
-               what="an OK perception diagnostic")
-    values = {kv.key: kv.value for kv in next(d for d in diags if d.level == DiagnosticStatus.OK).values}
+    def ok_values():
+        ok = [d for d in diags if d.level == DiagnosticStatus.OK]
+        values = {kv.key: kv.value for kv in ok[-1].values} if ok else {}
+        return values if float(values.get("views rate_hz", 0)) > 0 else None
+
+    values = spin_until(node, ok_values, what="an OK perception diagnostic with output")
     for cam in ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"):
         assert float(values[f"{cam}/depth rate_hz"]) > 0
     assert float(values["views rate_hz"]) > 0
