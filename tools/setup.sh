@@ -26,19 +26,28 @@ fi
 # a parent environment's ROS bootstrap guard would make this venv load the wrong libraries
 unset _ROS_WHEELS_BOOTSTRAP_COMPLETE LD_LIBRARY_PATH
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^$" || true; }
+LOG="$VENV/setup.log"
+: > "$LOG"
+# pip's chatter goes to the log; on failure the log's tail is shown
+pip_quiet() {
+  if ! "${PIP[@]}" "$@" >>"$LOG" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$LOG" | tail -n 30 >&2
+    echo "setup: pip $* failed (full log: $LOG)" >&2
+    exit 1
+  fi
+}
 
 echo "setup: python packages"
-"${PIP[@]}" install -q --upgrade pip 2>&1 | quiet
+pip_quiet install -q --upgrade pip
 # torch is pinned: 2.13.0 CPU (a local wheel on CI machines); an unpinned torch pulls CUDA builds
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then ORT=onnxruntime-gpu; else ORT=onnxruntime; fi
-"${PIP[@]}" install -q -r requirements.txt "torch==2.13.0" "$ORT" 2>&1 | quiet
+pip_quiet install -q -r requirements.txt "torch==2.13.0" "$ORT"
 
 echo "setup: ROS interface packages missing from PyPI"
 bash tools/build_msgs.sh "$VENV" tools/msgs/tf2_msgs
 
 echo "setup: clamp_ros (editable)"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e . 2>&1 | quiet
+pip_quiet install -q --no-deps --no-build-isolation -e .
 # register the package in the venv's ament index (an editable install skips data_files), so
 # get_package_share_directory('clamp_ros') finds config/ and launch/ as in a colcon install
 SHARE="$VENV/share/clamp_ros"
