@@ -44,7 +44,9 @@ def _params(tmp_path):
             "perception": {
                 "base_frame": "world",
                 "camera_names": list(CAMERAS),
-                "cameras": {"cam_a": {"use_color": True}, "cam_b": {"use_color": False}},
+                # cam_b: unregistered depth with its own CameraInfo (its color camera differs)
+                "cameras": {"cam_a": {"use_color": True},
+                            "cam_b": {"use_color": False, "registered": False}},
                 "view_names": ["overhead", "back_right"],
                 "image_width": 32,
                 "image_height": 32,
@@ -72,6 +74,7 @@ class Rig:
                 "depth": node.create_publisher(Image, f"{c}/depth/image_raw", qos),
                 "color": node.create_publisher(Image, f"{c}/color/image_raw", qos),
                 "info": node.create_publisher(CameraInfo, f"{c}/color/camera_info", qos),
+                "depth_info": node.create_publisher(CameraInfo, f"{c}/depth/camera_info", qos),
             }
         self.tf = node.create_publisher(TFMessage, "/tf", TF_QOS)
         self.tf_static = node.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
@@ -110,7 +113,14 @@ class Rig:
 
     def send_info(self, cam, camera=CAM):
         header = Header(frame_id=f"{cam}_optical")
-        self.pubs[cam]["info"].publish(info_from_camera(camera, header))
+        if cam == "cam_b":
+            # unregistered: the node must use the depth CameraInfo; the color one (twice the
+            # size) would make every depth frame a size mismatch
+            self.pubs[cam]["depth_info"].publish(info_from_camera(camera, header))
+            big = PinholeCamera.from_fov(2 * W, 2 * H, 60.0)
+            self.pubs[cam]["info"].publish(info_from_camera(big, header))
+        else:
+            self.pubs[cam]["info"].publish(info_from_camera(camera, header))
 
     def send_static_tf(self):
         self.tf_static.publish(TFMessage(transforms=[
@@ -260,7 +270,7 @@ def test_zero_focal_length_camera_info(rig):
     def bad(r):
         msg = info_from_camera(CAM, Header(frame_id="cam_b_optical"))
         msg.k = [0.0, 0.0, CAM.cx, 0.0, 0.0, CAM.cy, 0.0, 0.0, 1.0]
-        r.pubs["cam_b"]["info"].publish(msg)
+        r.pubs["cam_b"]["depth_info"].publish(msg)
         r.expect_error("cam_b", "invalid camera_info", "focal length")
         s = r.next_stamp()
         r.send_mount(s)
