@@ -15,7 +15,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     bench = sub.add_parser("bench", help="performance benchmarks (figures, not pass/fail)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     perc = bench_sub.add_parser(
-        "perception", help="4 RGB-D cameras -> fused cloud -> 5 depth+XYZ views, vs Open3D")
+        "perception", help="4 RGB-D cameras -> fused cloud -> 5 depth+XYZ views, vs Open3D"
+    )
     perc.add_argument("--frames", type=int, default=20, help="frames to time (median reported)")
     perc.add_argument("--width", type=int, default=640)
     perc.add_argument("--height", type=int, default=480)
@@ -30,8 +31,12 @@ def cmd_bench_perception(args) -> int:
     from .eval.bench_perception import bench_perception
 
     result = bench_perception(
-        frames=args.frames, width=args.width, height=args.height, backend=args.backend,
-        baseline=not args.no_baseline, progress=not args.json,
+        frames=args.frames,
+        width=args.width,
+        height=args.height,
+        backend=args.backend,
+        baseline=not args.no_baseline,
+        progress=not args.json,
     )
     if args.json:
         print(json.dumps(result))

@@ -81,8 +81,11 @@ def add_transforms(buffer: TfBuffer, transforms, static: bool) -> list[str]:
     for t in transforms:
         try:
             buffer.set_transform(
-                t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp),
-                transform_from_msg(t), static=static,
+                t.header.frame_id,
+                t.child_frame_id,
+                stamp_to_ns(t.header.stamp),
+                transform_from_msg(t),
+                static=static,
             )
         except ValueError as e:
             errors.append(f"tf '{t.header.frame_id}' -> '{t.child_frame_id}': {e}")
@@ -102,8 +105,10 @@ def cloud_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header) -> PointC
     n = len(xyz)
     buf = np.empty((n, 4), np.float32)
     buf[:, :3] = xyz
-    packed = np.full(n, 0xFFFFFFFF, np.uint32) if rgb is None else (
-        (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
+    packed = (
+        np.full(n, 0xFFFFFFFF, np.uint32)
+        if rgb is None
+        else ((rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2])
     )
     buf[:, 3] = packed.view(np.float32)
     msg = PointCloud2(header=header, height=1, width=n, fields=_CLOUD_FIELDS)

@@ -27,8 +27,9 @@ def demo_env() -> dict:
     """ROS settings a laptop or a shared CI machine needs; the user's own values win."""
     env = {
         "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(1, 100))),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                                        "LOCALHOST"),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get(
+            "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"
+        ),
         "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "ROS_LOG_DIR": os.environ.get("ROS_LOG_DIR", tempfile.mkdtemp(prefix="clamp_roslog_")),
@@ -48,18 +49,19 @@ def add_demo_parser(sub) -> None:
 def run_demo(args) -> int:
     env = demo_env()
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
     from sensor_msgs.msg import Image
-
-    from diagnostic_msgs.msg import DiagnosticArray
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = PerceptionConfig.from_yaml(share_dir() / "config/synthetic_demo.yaml", "perception")
     names = [v.name for v in config.views]
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    say(f"demo: starting {[s.name for s in GRAPHS['synthetic_demo']]} "
-        f"(ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, logs in {out / 'logs'})")
+    say(
+        f"demo: starting {[s.name for s in GRAPHS['synthetic_demo']]} "
+        f"(ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, logs in {out / 'logs'})"
+    )
 
     with ProcessGroup(env, log_dir=out / "logs") as group:
         for spec in GRAPHS["synthetic_demo"]:
@@ -98,8 +100,10 @@ def run_demo(args) -> int:
                 for name, _ in group.procs:
                     say(f"--- {name}\n" + _tail(out / "logs" / f"{name}.log"))
                 return 1
-            say(f"demo: first views after {time.monotonic() - t_start:.1f}s; "
-                f"watching for {args.duration:.0f}s")
+            say(
+                f"demo: first views after {time.monotonic() - t_start:.1f}s; "
+                f"watching for {args.duration:.0f}s"
+            )
             for n in names:
                 arrivals[n].clear()
             latency_ms.clear()
@@ -122,8 +126,11 @@ def run_demo(args) -> int:
     summary = {
         "views_hz": {n: round(len(arrivals[n]) / elapsed, 2) for n in names},
         "stamp_to_receive_ms": _pcts(latency_ms),
-        "perception": {k: v for k, v in diag.items() if "ms" in k or "dropped" in k
-                       or "rate_hz" in k or k in ("backend", "_message")},
+        "perception": {
+            k: v
+            for k, v in diag.items()
+            if "ms" in k or "dropped" in k or "rate_hz" in k or k in ("backend", "_message")
+        },
         "coverage": {n: round(float(m.mean()), 3) for n, m in zip(names, masks)},
         "pictures": str(out / "views.png"),
     }
@@ -139,8 +146,11 @@ def _watch(rclpy, node, duration: float, quiet: bool) -> None:
         from tqdm import tqdm
     except ImportError:  # progress is a nicety
         tqdm = None
-    bar = tqdm(total=int(duration), unit="s", disable=quiet or tqdm is None, leave=False) \
-        if tqdm else None
+    bar = (
+        tqdm(total=int(duration), unit="s", disable=quiet or tqdm is None, leave=False)
+        if tqdm
+        else None
+    )
     t0 = last = time.monotonic()
     while time.monotonic() - t0 < duration:
         rclpy.spin_once(node, timeout_sec=0.05)
@@ -155,19 +165,27 @@ def _pcts(samples: list[float]) -> dict:
     if not samples:
         return {}
     a = np.asarray(samples)
-    return {"n": len(a), "p50": round(float(np.percentile(a, 50)), 1),
-            "p95": round(float(np.percentile(a, 95)), 1), "max": round(float(a.max()), 1)}
+    return {
+        "n": len(a),
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p95": round(float(np.percentile(a, 95)), 1),
+        "max": round(float(a.max()), 1),
+    }
 
 
 def _print_summary(s: dict) -> None:
     print("rendered views (Hz):  " + "  ".join(f"{k} {v:.1f}" for k, v in s["views_hz"].items()))
     lat = s["stamp_to_receive_ms"]
     if lat:
-        print(f"camera stamp -> views received: p50 {lat['p50']} ms, p95 {lat['p95']} ms "
-              f"(n={lat['n']})")
+        print(
+            f"camera stamp -> views received: p50 {lat['p50']} ms, p95 {lat['p95']} ms "
+            f"(n={lat['n']})"
+        )
     p = s["perception"]
-    print("perception node:      " + ", ".join(
-        f"{k} {v}" for k, v in p.items() if "_ms" in k or k == "backend"))
+    print(
+        "perception node:      "
+        + ", ".join(f"{k} {v}" for k, v in p.items() if "_ms" in k or k == "backend")
+    )
     rates = {k.split(" ")[0]: v for k, v in p.items() if k.endswith("rate_hz")}
     if rates:
         print("input rates (Hz):     " + ", ".join(f"{k} {v}" for k, v in rates.items()))

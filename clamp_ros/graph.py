@@ -93,8 +93,13 @@ class ProcessGroup:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{spec.name}.log", "w")  # noqa: SIM115 (closed by OS)
-        proc = subprocess.Popen(node_command(spec, extra_params), env=self.env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            node_command(spec, extra_params),
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append((spec.name, proc))
         return proc
 

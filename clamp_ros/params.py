@@ -24,7 +24,7 @@ from clamp_core.perception.config import (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls) -> dict[str, str]:
     """Attribute docstrings (the string literal after a field) of a dataclass."""
     try:
@@ -79,7 +79,9 @@ def _declare_dataclass(node: Node, prefix: str, obj, skip=("name",)) -> dict:
     for f in dataclasses.fields(obj):
         if f.name in skip or f.name.startswith("_"):
             continue
-        out[f.name] = declare(node, f"{prefix}.{f.name}", getattr(obj, f.name), docs.get(f.name, ""))
+        out[f.name] = declare(
+            node, f"{prefix}.{f.name}", getattr(obj, f.name), docs.get(f.name, "")
+        )
     return out
 
 
@@ -89,11 +91,15 @@ def declare_perception_config(node: Node, prefix: str = "perception") -> Percept
     defaults = PerceptionConfig()
     values = _declare_dataclass(node, prefix, defaults, skip=("cameras", "views"))
     cam_names = declare(
-        node, f"{prefix}.camera_names", [c.name for c in defaults.cameras],
+        node,
+        f"{prefix}.camera_names",
+        [c.name for c in defaults.cameras],
         "Real cameras to fuse; the first one's depth stream is the synchronisation reference.",
     )
     view_names = declare(
-        node, f"{prefix}.view_names", [v.name for v in defaults.views],
+        node,
+        f"{prefix}.view_names",
+        [v.name for v in defaults.views],
         "Virtual views to render, in output order.",
     )
     known_views = {v.name: v for v in default_views()}
@@ -102,8 +108,10 @@ def declare_perception_config(node: Node, prefix: str = "perception") -> Percept
         for n in cam_names
     ]
     values["views"] = [
-        ViewConfig(name=n, **_declare_dataclass(
-            node, f"{prefix}.views.{n}", known_views.get(n, ViewConfig(n))))
+        ViewConfig(
+            name=n,
+            **_declare_dataclass(node, f"{prefix}.views.{n}", known_views.get(n, ViewConfig(n))),
+        )
         for n in view_names
     ]
     return PerceptionConfig(**values)

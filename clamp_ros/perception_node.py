@@ -65,8 +65,9 @@ def image_qos(name: str) -> QoSProfile:
     if name == "sensor_data":
         return qos_profile_sensor_data
     if name == "reliable":
-        return QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE)
+        return QoSProfile(
+            depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+        )
     raise ConfigError(f"image_qos '{name}' must be sensor_data or reliable")
 
 
@@ -74,22 +75,42 @@ class PerceptionNode(Node):
     def __init__(self, node_name: str = "perception", **kwargs):
         super().__init__(node_name, **kwargs)
         self.config = cfg = declare_perception_config(self)
-        self.publish_cloud = declare(self, "publish_cloud", False,
-                                     "Publish the fused cloud on fused_points (debug; costs a copy).")
-        self.cloud_max_points = declare(self, "cloud_max_points", 200000,
-                                        "Subsample the debug cloud to at most this many points.")
-        qos_name = declare(self, "image_qos", "sensor_data",
-                           "QoS of image subscriptions: sensor_data (best effort) or reliable.")
+        self.publish_cloud = declare(
+            self,
+            "publish_cloud",
+            False,
+            "Publish the fused cloud on fused_points (debug; costs a copy).",
+        )
+        self.cloud_max_points = declare(
+            self,
+            "cloud_max_points",
+            200000,
+            "Subsample the debug cloud to at most this many points.",
+        )
+        qos_name = declare(
+            self,
+            "image_qos",
+            "sensor_data",
+            "QoS of image subscriptions: sensor_data (best effort) or reliable.",
+        )
         diag_period = declare(self, "diagnostics_period_s", 1.0, "Diagnostics publish period.")
-        self.time_reset_s = declare(self, "time_reset_threshold_s", 1.0,
-                                    "A stamp this far behind the previous one means time was "
-                                    "reset (simulation restart): drop buffered state, carry on.")
+        self.time_reset_s = declare(
+            self,
+            "time_reset_threshold_s",
+            1.0,
+            "A stamp this far behind the previous one means time was "
+            "reset (simulation restart): drop buffered state, carry on.",
+        )
         self.error = KeyedThrottle(self.get_logger().error, 2.0)
         self.warn = KeyedThrottle(self.get_logger().warning, 2.0)
 
-        self.tf_wait_s = declare(self, "tf_wait_s", 0.2,
-                                 "How long a synchronised set may wait for tf to catch up with "
-                                 "its image stamps (tf often arrives after the images).")
+        self.tf_wait_s = declare(
+            self,
+            "tf_wait_s",
+            0.2,
+            "How long a synchronised set may wait for tf to catch up with "
+            "its image stamps (tf often arrives after the images).",
+        )
         self.tf = TfBuffer(cfg.tf_cache_s, cfg.tf_tolerance_s)
         self.tf_lock = threading.Condition()
         self.pipeline = PerceptionPipeline(cfg)
@@ -116,25 +137,42 @@ class PerceptionNode(Node):
         qos = image_qos(qos_name)
         self._subs = []
         for c in cfg.cameras:
-            self._subs.append(self.create_subscription(
-                Image, c.depth_topic, lambda m, n=c.name: self.on_depth(n, m), qos))
-            self._subs.append(self.create_subscription(
-                CameraInfo, c.info_topic, lambda m, n=c.name: self.on_info(n, m, False), qos))
+            self._subs.append(
+                self.create_subscription(
+                    Image, c.depth_topic, lambda m, n=c.name: self.on_depth(n, m), qos
+                )
+            )
+            self._subs.append(
+                self.create_subscription(
+                    CameraInfo, c.info_topic, lambda m, n=c.name: self.on_info(n, m, False), qos
+                )
+            )
             if c.use_color:
-                self._subs.append(self.create_subscription(
-                    Image, c.color_topic, lambda m, n=c.name: self.on_color(n, m), qos))
+                self._subs.append(
+                    self.create_subscription(
+                        Image, c.color_topic, lambda m, n=c.name: self.on_color(n, m), qos
+                    )
+                )
             if not c.registered:
-                self._subs.append(self.create_subscription(
-                    CameraInfo, c.depth_info_topic,
-                    lambda m, n=c.name: self.on_info(n, m, True), qos))
+                self._subs.append(
+                    self.create_subscription(
+                        CameraInfo,
+                        c.depth_info_topic,
+                        lambda m, n=c.name: self.on_info(n, m, True),
+                        qos,
+                    )
+                )
         self._subs.append(self.create_subscription(TFMessage, "/tf", self.on_tf, TF_QOS))
         self._subs.append(
-            self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS))
+            self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS)
+        )
 
-        self.view_pubs = {v.name: self.create_publisher(Image, f"views/{v.name}", 5)
-                          for v in cfg.views}
-        self.cloud_pub = self.create_publisher(PointCloud2, "fused_points", 2) \
-            if self.publish_cloud else None
+        self.view_pubs = {
+            v.name: self.create_publisher(Image, f"views/{v.name}", 5) for v in cfg.views
+        }
+        self.cloud_pub = (
+            self.create_publisher(PointCloud2, "fused_points", 2) if self.publish_cloud else None
+        )
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(diag_period, self.on_diagnostics)
 
@@ -162,23 +200,33 @@ class PerceptionNode(Node):
         stamp = stamp_to_ns(msg.header.stamp)
         intr = self._intrinsics(cam)
         if intr is None:
-            topic = self.cameras[cam].info_topic if self.cameras[cam].registered \
+            topic = (
+                self.cameras[cam].info_topic
+                if self.cameras[cam].registered
                 else self.cameras[cam].depth_info_topic
-            return self._drop(cam, "no_info",
-                              f"camera '{cam}': no valid camera_info on '{topic}' yet; "
-                              f"dropping depth frame")
+            )
+            return self._drop(
+                cam,
+                "no_info",
+                f"camera '{cam}': no valid camera_info on '{topic}' yet; dropping depth frame",
+            )
         try:
             depth, scale = depth_from_msg(msg)
         except ImageDecodeError as e:
             return self._drop(cam, "bad_depth", f"camera '{cam}': bad depth image: {e}")
         if (msg.width, msg.height) != (intr.width, intr.height):
-            return self._drop(cam, "size_mismatch",
-                              f"camera '{cam}': depth image is {msg.width}x{msg.height} but "
-                              f"camera_info says {intr.width}x{intr.height}")
+            return self._drop(
+                cam,
+                "size_mismatch",
+                f"camera '{cam}': depth image is {msg.width}x{msg.height} but "
+                f"camera_info says {intr.width}x{intr.height}",
+            )
         if not _has_valid_depth(depth):
-            return self._drop(cam, "no_valid_depth",
-                              f"camera '{cam}': depth image has no valid pixel "
-                              f"(all zero, NaN or inf)")
+            return self._drop(
+                cam,
+                "no_valid_depth",
+                f"camera '{cam}': depth image has no valid pixel (all zero, NaN or inf)",
+            )
         frame_id = self.cameras[cam].frame_id or msg.header.frame_id
         frame = RgbdFrame(cam, stamp, frame_id, intr, depth, scale)
         try:
@@ -195,9 +243,12 @@ class PerceptionNode(Node):
             return self._drop(cam, "bad_color", f"camera '{cam}': bad color image: {e}")
         info = self.infos[cam]
         if info is not None and (msg.width, msg.height) != (info.width, info.height):
-            return self._drop(cam, "size_mismatch",
-                              f"camera '{cam}': color image is {msg.width}x{msg.height} but "
-                              f"camera_info says {info.width}x{info.height}")
+            return self._drop(
+                cam,
+                "size_mismatch",
+                f"camera '{cam}': color image is {msg.width}x{msg.height} but "
+                f"camera_info says {info.width}x{info.height}",
+            )
         self._offer(cam, f"{cam}/color", stamp, color)
 
     def _offer(self, cam: str, stream: str, stamp: int, item) -> None:
@@ -205,9 +256,11 @@ class PerceptionNode(Node):
         with self.sync_lock:
             last = self.sync.latest_stamp(stream)
             if last is not None and last - stamp > self.time_reset_s * 1e9:
-                self.warn((cam, "reset"),
-                          f"camera '{cam}': time jumped back {(last - stamp) * 1e-9:.2f}s; "
-                          f"assuming a clock reset and clearing buffered frames and tf")
+                self.warn(
+                    (cam, "reset"),
+                    f"camera '{cam}': time jumped back {(last - stamp) * 1e-9:.2f}s; "
+                    f"assuming a clock reset and clearing buffered frames and tf",
+                )
                 self.sync.reset()
                 with self.tf_lock:
                     self.tf.clear()
@@ -229,13 +282,18 @@ class PerceptionNode(Node):
             try:
                 self.pipeline.camera_pose(f, self.tf)
             except TfError as e:
-                return self._drop(f.camera, "tf", f"camera '{f.camera}': no pose for frame "
-                                  f"'{f.frame_id}' at {f.stamp_ns * 1e-9:.3f}s: {e}")
+                return self._drop(
+                    f.camera,
+                    "tf",
+                    f"camera '{f.camera}': no pose for frame "
+                    f"'{f.frame_id}' at {f.stamp_ns * 1e-9:.3f}s: {e}",
+                )
         try:
             self.pipeline.view_poses(self.tf, stamp_ns)
         except TfError as e:
-            return self._drop("views", "tf", f"attached view pose unavailable at "
-                              f"{stamp_ns * 1e-9:.3f}s: {e}")
+            return self._drop(
+                "views", "tf", f"attached view pose unavailable at {stamp_ns * 1e-9:.3f}s: {e}"
+            )
 
     def _drop(self, cam: str, reason: str, message: str) -> None:
         self.drops[reason] += 1
@@ -294,7 +352,11 @@ class PerceptionNode(Node):
                     return self._drop_tf(frames, synced.stamp_ns)
         try:
             result = self.pipeline.process_posed(
-                frames, cam_poses, view_poses, synced.stamp_ns, want_cloud=self.publish_cloud,
+                frames,
+                cam_poses,
+                view_poses,
+                synced.stamp_ns,
+                want_cloud=self.publish_cloud,
                 want_colors=self.publish_cloud,
             )
         except PerceptionError as e:
@@ -321,31 +383,41 @@ class PerceptionNode(Node):
         for stream, meter in self.rates.items():
             age = meter.age_s(now)
             values.append(KeyValue(key=f"{stream} rate_hz", value=f"{meter.rate_hz(now):.1f}"))
-            values.append(KeyValue(key=f"{stream} age_s",
-                                   value="never" if age is None else f"{age:.2f}"))
+            values.append(
+                KeyValue(key=f"{stream} age_s", value="never" if age is None else f"{age:.2f}")
+            )
             if age is None or age > self.config.stale_after_s:
                 stale.append(stream)
         for stream in stale:
             cam = stream.split("/")[0]
             age = self.rates[stream].age_s(now)
             what = "has not published yet" if age is None else f"silent for {age:.1f}s"
-            self.error((cam, "stale", stream),
-                       f"camera '{cam}': {stream.split('/')[1]} stream {what} (stale); "
-                       f"no views are published until it returns")
+            self.error(
+                (cam, "stale", stream),
+                f"camera '{cam}': {stream.split('/')[1]} stream {what} (stale); "
+                f"no views are published until it returns",
+            )
         values.append(KeyValue(key="views rate_hz", value=f"{self.out_rate.rate_hz(now):.1f}"))
         for name, stats in (("processing_ms", self.latency), ("stamp_to_publish_ms", self.age)):
             for q in (50, 95):
                 v = stats.percentile(q)
                 values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
-        values += [KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())]
+        values += [
+            KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())
+        ]
         values.append(KeyValue(key="backend", value=self.pipeline.backend))
         level, message = DiagnosticStatus.OK, "ok"
         if stale:
             level, message = DiagnosticStatus.ERROR, f"stale inputs: {', '.join(stale)}"
         elif self.out_rate.age_s(now) is None or self.out_rate.age_s(now) > 1.0:
             level, message = DiagnosticStatus.WARN, "no views published recently"
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: perception",
-                                  message=message, hardware_id="clamp_ros", values=values)
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: perception",
+            message=message,
+            hardware_id="clamp_ros",
+            values=values,
+        )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)

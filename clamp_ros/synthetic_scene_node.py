@@ -38,8 +38,10 @@ class SyntheticSceneNode(Node):
         if self.depth_encoding not in ("16UC1", "32FC1"):
             raise ValueError(f"depth_encoding '{self.depth_encoding}' must be 16UC1 or 32FC1")
         self.scene = SyntheticScene(width=width, height=height, wrist_period_s=period)
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable
-                         else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(
+            depth=5,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        )
         self.pubs = {}
         for cam in self.scene.cameras:
             n = cam.name
@@ -51,10 +53,14 @@ class SyntheticSceneNode(Node):
             )
         self.tf_pub = self.create_publisher(TFMessage, "/tf", TF_QOS)
         self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
-        self.tf_static_pub.publish(TFMessage(transforms=[
-            transform_msg(c.parent_frame, c.optical_frame, 0, c.T_parent_cam)
-            for c in self.scene.cameras
-        ]))
+        self.tf_static_pub.publish(
+            TFMessage(
+                transforms=[
+                    transform_msg(c.parent_frame, c.optical_frame, 0, c.T_parent_cam)
+                    for c in self.scene.cameras
+                ]
+            )
+        )
         self._static_images = {}  # fixed cameras see a static scene: render once
         self.create_timer(1.0 / tf_rate, self.publish_tf)
         self.create_timer(1.0 / rate, self.publish_images)
@@ -65,10 +71,16 @@ class SyntheticSceneNode(Node):
 
     def publish_tf(self, now: int | None = None) -> None:
         now = self._now_ns() if now is None else now
-        self.tf_pub.publish(TFMessage(transforms=[
-            transform_msg("world", f"{side}_wrist", now, self.scene.wrist_pose(side, now * 1e-9))
-            for side in ("left", "right")
-        ]))
+        self.tf_pub.publish(
+            TFMessage(
+                transforms=[
+                    transform_msg(
+                        "world", f"{side}_wrist", now, self.scene.wrist_pose(side, now * 1e-9)
+                    )
+                    for side in ("left", "right")
+                ]
+            )
+        )
 
     def publish_images(self) -> None:
         now = self._now_ns()

@@ -5,12 +5,12 @@
 Node set: clamp_ros.graph.GRAPHS["aloha_perception"]; `config` replaces its parameter file.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from clamp_ros.graph import GRAPHS, share_dir
+from launch import LaunchDescription
 
 
 def generate_launch_description():
@@ -18,7 +18,8 @@ def generate_launch_description():
     return LaunchDescription(
         [
             DeclareLaunchArgument(
-                "config", default_value=str(share_dir() / spec.params[0]),
+                "config",
+                default_value=str(share_dir() / spec.params[0]),
                 description="ROS 2 parameters file (see config/aloha_bimanual.yaml)",
             ),
             DeclareLaunchArgument("namespace", default_value=""),

@@ -5,12 +5,12 @@
 The node set comes from clamp_ros.graph.GRAPHS["synthetic_demo"], shared with `clamp demo`.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from clamp_ros.graph import GRAPHS, share_dir
+from launch import LaunchDescription
 
 
 def generate_launch_description():
@@ -30,7 +30,9 @@ def generate_launch_description():
     ]
     return LaunchDescription(
         [
-            DeclareLaunchArgument("namespace", default_value="", description="Namespace of all nodes"),
+            DeclareLaunchArgument(
+                "namespace", default_value="", description="Namespace of all nodes"
+            ),
             DeclareLaunchArgument("use_sim_time", default_value="false"),
             *nodes,
         ]

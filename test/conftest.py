@@ -22,7 +22,9 @@ def scene_tf(scene: SyntheticScene, stamp_ns: int, span_ns: int = 100_000_000) -
     return tf
 
 
-def scene_frames(scene: SyntheticScene, stamp_ns: int, float_depth: bool = False) -> list[RgbdFrame]:
+def scene_frames(
+    scene: SyntheticScene, stamp_ns: int, float_depth: bool = False
+) -> list[RgbdFrame]:
     frames = []
     for cam in scene.cameras:
         depth_m, color = scene.render(cam.name, stamp_ns * 1e-9)

@@ -35,13 +35,14 @@ AGREEMENT_TOL_M = 0.01
 _VARIANTS = {
     "tensor": "t.PointCloud.create_from_depth_image + t crop + t project_to_depth_image",
     "legacy": "geometry.PointCloud.create_from_depth_image + legacy crop + from_legacy "
-              "+ t project_to_depth_image",
+    "+ t project_to_depth_image",
 }
 
 
 # --------------------------------------------------------------------------- input data
-def make_scene_tf(scene: SyntheticScene, stamps_ns: list[int], span_ns: int = 50_000_000
-                  ) -> TfBuffer:
+def make_scene_tf(
+    scene: SyntheticScene, stamps_ns: list[int], span_ns: int = 50_000_000
+) -> TfBuffer:
     """Static camera mounts plus wrist poses every 10 ms around each stamp."""
     tf = TfBuffer(cache_duration_s=1e6)
     for cam in scene.cameras:
@@ -58,8 +59,17 @@ def make_frames(scene: SyntheticScene, stamp_ns: int) -> list[RgbdFrame]:
     frames = []
     for cam in scene.cameras:
         depth_m, color = scene.render(cam.name, stamp_ns * 1e-9)
-        frames.append(RgbdFrame(cam.name, stamp_ns, cam.optical_frame, scene.intrinsics,
-                                encode_depth_mm(depth_m), 1e-3, color))
+        frames.append(
+            RgbdFrame(
+                cam.name,
+                stamp_ns,
+                cam.optical_frame,
+                scene.intrinsics,
+                encode_depth_mm(depth_m),
+                1e-3,
+                color,
+            )
+        )
     return frames
 
 
@@ -78,8 +88,9 @@ class Open3dBaseline:
         lo = np.asarray(cfg.workspace_min, np.float32)
         hi = np.asarray(cfg.workspace_max, np.float32)
         self.aabb_t = o3d.t.geometry.AxisAlignedBoundingBox(o3c.Tensor(lo), o3c.Tensor(hi))
-        self.aabb_legacy = o3d.geometry.AxisAlignedBoundingBox(lo.astype(np.float64),
-                                                               hi.astype(np.float64))
+        self.aabb_legacy = o3d.geometry.AxisAlignedBoundingBox(
+            lo.astype(np.float64), hi.astype(np.float64)
+        )
         self.view_k = [o3c.Tensor(c.K) for c in pipe.view_cameras]
         self._k_t: dict = {}
         self._k_legacy: dict = {}
@@ -88,7 +99,8 @@ class Open3dBaseline:
         if cam not in self._k_t:  # static per camera, like our cached ray grids
             self._k_t[cam] = self.o3c.Tensor(cam.K)
             self._k_legacy[cam] = self.o3d.camera.PinholeCameraIntrinsic(
-                cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
+                cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy
+            )
         return self._k_t[cam], self._k_legacy[cam]
 
     def fuse(self, frames: list[RgbdFrame], cam_poses: list[np.ndarray]):
@@ -100,8 +112,12 @@ class Open3dBaseline:
                 k, _ = self._intrinsics(f.intrinsics)
                 depth = o3d.t.geometry.Image(o3c.Tensor.from_numpy(np.ascontiguousarray(f.depth)))
                 pcd = o3d.t.geometry.PointCloud.create_from_depth_image(
-                    depth, k, o3c.Tensor(np.linalg.inv(pose)),
-                    depth_scale=1.0 / f.depth_scale_m, depth_max=cfg.depth_max_m)
+                    depth,
+                    k,
+                    o3c.Tensor(np.linalg.inv(pose)),
+                    depth_scale=1.0 / f.depth_scale_m,
+                    depth_max=cfg.depth_max_m,
+                )
                 parts.append(pcd.point.positions)
             cloud = o3d.t.geometry.PointCloud(o3c.concatenate(parts, axis=0))
             return cloud.crop(self.aabb_t)
@@ -111,8 +127,12 @@ class Open3dBaseline:
         for f, pose in zip(frames, cam_poses, strict=True):
             _, k = self._intrinsics(f.intrinsics)
             merged += o3d.geometry.PointCloud.create_from_depth_image(
-                o3d.geometry.Image(np.ascontiguousarray(f.depth)), k, np.linalg.inv(pose),
-                depth_scale=1.0 / f.depth_scale_m, depth_trunc=trunc)
+                o3d.geometry.Image(np.ascontiguousarray(f.depth)),
+                k,
+                np.linalg.inv(pose),
+                depth_scale=1.0 / f.depth_scale_m,
+                depth_trunc=trunc,
+            )
         merged = merged.crop(self.aabb_legacy)
         return o3d.t.geometry.PointCloud.from_legacy(merged, o3c.float32)
 
@@ -123,7 +143,8 @@ class Open3dBaseline:
         out = np.zeros((len(view_poses), h, w, 4), np.float32)
         for v, (pose, k) in enumerate(zip(view_poses, self.view_k, strict=True)):
             depth = cloud.project_to_depth_image(
-                w, h, k, self.o3c.Tensor(np.linalg.inv(pose)), depth_scale=1.0, depth_max=1e6)
+                w, h, k, self.o3c.Tensor(np.linalg.inv(pose)), depth_scale=1.0, depth_max=1e6
+            )
             vertex = depth.create_vertex_map(k, 0.0).as_tensor().numpy()
             d = depth.as_tensor().numpy()[..., 0]
             out[v, ..., 0] = d
@@ -144,8 +165,13 @@ class Open3dBaseline:
 
 
 # --------------------------------------------------------------------------- comparison
-def depth_agreement(a: np.ndarray, a_mask: np.ndarray, b: np.ndarray, b_mask: np.ndarray,
-                    tol_m: float = AGREEMENT_TOL_M) -> tuple[float, int]:
+def depth_agreement(
+    a: np.ndarray,
+    a_mask: np.ndarray,
+    b: np.ndarray,
+    b_mask: np.ndarray,
+    tol_m: float = AGREEMENT_TOL_M,
+) -> tuple[float, int]:
     """(fraction of pixels valid in both whose depth differs by < ``tol_m``, that pixel count)."""
     both = a_mask & b_mask
     n = int(both.sum())
@@ -162,8 +188,12 @@ def compare_views(a: np.ndarray, a_mask: np.ndarray, b: np.ndarray, b_mask: np.n
     frac, n_both = depth_agreement(a, a_mask, b, b_mask)
     both = a_mask & b_mask
     xyz = np.linalg.norm(a[..., 1:][both] - b[..., 1:][both], axis=-1)
-    return {"agree": frac * n_both, "both": n_both, "either": int((a_mask | b_mask).sum()),
-            "xyz_sum": float(xyz.sum())}
+    return {
+        "agree": frac * n_both,
+        "both": n_both,
+        "either": int((a_mask | b_mask).sum()),
+        "xyz_sum": float(xyz.sum()),
+    }
 
 
 def _stats(ms: list[float]) -> tuple[float, float]:
@@ -192,8 +222,10 @@ def bench_perception(
     period_ns = int(scene.wrist_period_s * 1e9)
     stamps = [1_000_000_000 + i * period_ns // frames for i in range(frames)]
     tf = make_scene_tf(scene, stamps)
-    sets = [make_frames(scene, s)
-            for s in tqdm(stamps, desc="render scene", file=sys.stderr, disable=not progress)]
+    sets = [
+        make_frames(scene, s)
+        for s in tqdm(stamps, desc="render scene", file=sys.stderr, disable=not progress)
+    ]
 
     o3d = None
     baselines: dict[str, Open3dBaseline] = {}
@@ -219,8 +251,14 @@ def bench_perception(
     o3d_points: dict[str, list[int]] = {v: [] for v in baselines}
     our_points: list[int] = []
     order = list(baselines)
-    for i, fs in enumerate(tqdm(sets, desc="time ours vs open3d" if baselines else "time ours",
-                                file=sys.stderr, disable=not progress)):
+    for i, fs in enumerate(
+        tqdm(
+            sets,
+            desc="time ours vs open3d" if baselines else "time ours",
+            file=sys.stderr,
+            disable=not progress,
+        )
+    ):
         # alternate who goes first so slow drifts of a noisy machine hit both sides alike
         runs = ["ours", *order] if i % 2 == 0 else [*order[::-1], "ours"]
         outs = {}
@@ -263,28 +301,33 @@ def bench_perception(
         pooled = {v: {k: sum(c[k] for c in a) for k in a[0]} for v, a in agree.items()}
         fractions = {v: c["agree"] / max(c["both"], 1) for v, c in pooled.items()}
         chosen = pooled[best]
-        result_config.update({
-            "open3d_variant": best,
-            "open3d_variant_desc": _VARIANTS[best],
-            "open3d_variant_medians_ms": medians,
-            "open3d_threads": _open3d_threads(),
-            "baseline_p90_ms": base_p90,
-            "open3d_points_fused_median": int(np.median(o3d_points[best])),
-            "agreement": fractions[best],
-            "agreement_by_variant": fractions,
-            "mask_iou": chosen["both"] / max(chosen["either"], 1),
-            "xyz_mean_diff_m": chosen["xyz_sum"] / max(chosen["both"], 1),
-            "agreement_definition": (
-                f"fraction of view pixels valid in both outputs whose depths differ by < "
-                f"{AGREEMENT_TOL_M * 100:g} cm, pooled over all frames and views"),
-        })
+        result_config.update(
+            {
+                "open3d_variant": best,
+                "open3d_variant_desc": _VARIANTS[best],
+                "open3d_variant_medians_ms": medians,
+                "open3d_threads": _open3d_threads(),
+                "baseline_p90_ms": base_p90,
+                "open3d_points_fused_median": int(np.median(o3d_points[best])),
+                "agreement": fractions[best],
+                "agreement_by_variant": fractions,
+                "mask_iou": chosen["both"] / max(chosen["either"], 1),
+                "xyz_mean_diff_m": chosen["xyz_sum"] / max(chosen["both"], 1),
+                "agreement_definition": (
+                    f"fraction of view pixels valid in both outputs whose depths differ by < "
+                    f"{AGREEMENT_TOL_M * 100:g} cm, pooled over all frames and views"
+                ),
+            }
+        )
     elif baseline_error:
         result_config["baseline_error"] = baseline_error
     n_cam, n_views = len(scene.cameras), len(config.views)
     return {
-        "metric": (f"fuse+render {n_cam}x{width}x{height} RGB-D -> {n_views}x"
-                   f"{config.image_width}x{config.image_height} depth+XYZ, median over "
-                   f"{frames} frames"),
+        "metric": (
+            f"fuse+render {n_cam}x{width}x{height} RGB-D -> {n_views}x"
+            f"{config.image_width}x{config.image_height} depth+XYZ, median over "
+            f"{frames} frames"
+        ),
         "unit": "ms",
         "ours": ours_med,
         "baseline": base_med,

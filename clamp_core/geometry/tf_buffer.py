@@ -95,7 +95,9 @@ class TfBuffer:
             raise ValueError(f"transform from frame '{child}' to itself")
         if self._parent.get(child) != parent:
             if self._would_loop(parent, child):
-                raise ValueError(f"transform '{parent}' -> '{child}' would create a loop in the tree")
+                raise ValueError(
+                    f"transform '{parent}' -> '{child}' would create a loop in the tree"
+                )
             # re-parenting: the old history describes another tree, drop it
             self._static.pop(child, None)
             self._dynamic.pop(child, None)
@@ -169,13 +171,18 @@ class TfBuffer:
                 into_future=i != 0,
             )
         t0, t1 = stamps[i - 1], stamps[i]
-        return Transform.interpolate(track.values[i - 1], track.values[i], (stamp_ns - t0) / (t1 - t0))
+        return Transform.interpolate(
+            track.values[i - 1], track.values[i], (stamp_ns - t0) / (t1 - t0)
+        )
 
     def latest_common_time(self, target: str, source: str) -> int | None:
         """Newest stamp at which the whole chain has data (None if the chain is all static)."""
         up, down = self._chain(target, source)
-        latest = [self._dynamic[c].stamps[-1] for c in up + down
-                  if c in self._dynamic and self._dynamic[c].stamps]
+        latest = [
+            self._dynamic[c].stamps[-1]
+            for c in up + down
+            if c in self._dynamic and self._dynamic[c].stamps
+        ]
         return min(latest) if latest else None
 
     def _chain(self, target: str, source: str) -> tuple[list[str], list[str]]:

@@ -91,10 +91,18 @@ def default_views() -> list[ViewConfig]:
         ViewConfig("overhead", 60.0, [0.0, 0.0, 1.05], c, [0.0, 1.0, 0.0]),
         ViewConfig("back_right", 60.0, [0.55, 0.55, 0.6], c),
         ViewConfig("front_left", 60.0, [-0.55, -0.55, 0.6], c),
-        ViewConfig("wrist_left", 75.0, attach_frame="cam_left_wrist_color_optical_frame",
-                   offset_xyz=[0.0, 0.0, -0.05]),
-        ViewConfig("wrist_right", 75.0, attach_frame="cam_right_wrist_color_optical_frame",
-                   offset_xyz=[0.0, 0.0, -0.05]),
+        ViewConfig(
+            "wrist_left",
+            75.0,
+            attach_frame="cam_left_wrist_color_optical_frame",
+            offset_xyz=[0.0, 0.0, -0.05],
+        ),
+        ViewConfig(
+            "wrist_right",
+            75.0,
+            attach_frame="cam_right_wrist_color_optical_frame",
+            offset_xyz=[0.0, 0.0, -0.05],
+        ),
     ]
 
 
@@ -142,7 +150,9 @@ class PerceptionConfig:
     """Threads for the numba kernels (0 = all cores)."""
 
     def __post_init__(self) -> None:
-        self.cameras = [c if isinstance(c, CameraConfig) else CameraConfig(**c) for c in self.cameras]
+        self.cameras = [
+            c if isinstance(c, CameraConfig) else CameraConfig(**c) for c in self.cameras
+        ]
         self.views = [v if isinstance(v, ViewConfig) else ViewConfig(**v) for v in self.views]
         if not self.cameras:
             raise ConfigError("at least one camera is needed")
@@ -162,8 +172,9 @@ class PerceptionConfig:
                 f"{self.workspace_max} on every axis"
             )
         if not 0.0 <= self.depth_min_m < self.depth_max_m:
-            raise ConfigError(f"need 0 <= depth_min_m ({self.depth_min_m}) < depth_max_m "
-                              f"({self.depth_max_m})")
+            raise ConfigError(
+                f"need 0 <= depth_min_m ({self.depth_min_m}) < depth_max_m ({self.depth_max_m})"
+            )
         if self.near_m <= 0:
             raise ConfigError("near_m must be > 0")
         if self.voxel_size_m < 0:
@@ -199,7 +210,9 @@ class PerceptionConfig:
         d = dataclasses.asdict(self)
         d["camera_names"] = [c.name for c in self.cameras]
         d["view_names"] = [v.name for v in self.views]
-        d["cameras"] = {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in d["cameras"]}
+        d["cameras"] = {
+            c["name"]: {k: v for k, v in c.items() if k != "name"} for c in d["cameras"]
+        }
         d["views"] = {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in d["views"]}
         return d
 

@@ -121,8 +121,10 @@ class PerceptionPipeline:
         """Compile / touch every kernel once so the first real frame is not slow."""
         cam = PinholeCamera.from_fov(32, 24, 60.0)
         poses = np.tile(np.eye(4), (len(self.config.views), 1, 1))
-        for depth, scale in ((np.full((24, 32), 500, np.uint16), 1e-3),
-                             (np.full((24, 32), 0.5, np.float32), 1.0)):
+        for depth, scale in (
+            (np.full((24, 32), 500, np.uint16), 1e-3),
+            (np.full((24, 32), 0.5, np.float32), 1.0),
+        ):
             frame = RgbdFrame("warmup", 0, "warmup", cam, depth, scale)
             self._run([frame], [np.eye(4)], poses, 0, want_cloud=True, want_colors=False)
         self.render(np.zeros((4, 3), np.float32), poses)
@@ -215,8 +217,13 @@ class PerceptionPipeline:
         cams = [self._camera_args(f, p) for f, p in zip(frames, poses)]
         cfg = self.config
         _, _, parts = self.kernels.fuse_render(
-            cams, np.float32(cfg.depth_min_m), np.float32(cfg.depth_max_m), self._lo, self._hi,
-            *self._view_args(None), want_cloud=True,
+            cams,
+            np.float32(cfg.depth_min_m),
+            np.float32(cfg.depth_max_m),
+            self._lo,
+            self._hi,
+            *self._view_args(None),
+            want_cloud=True,
         )
         return self._cloud(frames, parts, want_colors)
 
@@ -249,8 +256,14 @@ class PerceptionPipeline:
         rots = np.ascontiguousarray(inv[:, :3, :3], np.float32)
         trans = np.ascontiguousarray(inv[:, :3, 3], np.float32)
         intr = np.array([[c.fx, c.fy, c.cx, c.cy] for c in self.view_cameras[:n]], np.float32)
-        return (rots, trans, intr.reshape(n, 4), cfg.image_width, cfg.image_height,
-                np.float32(cfg.near_m))
+        return (
+            rots,
+            trans,
+            intr.reshape(n, 4),
+            cfg.image_width,
+            cfg.image_height,
+            np.float32(cfg.near_m),
+        )
 
     def _views(self, images, mask, view_poses, stamp_ns) -> RenderedViews:
         names = [v.name for v in self.config.views]
@@ -261,11 +274,14 @@ class PerceptionPipeline:
         index = np.concatenate([np.full(len(p[0]), i, np.uint8) for i, p in enumerate(parts)])
         rgb = None
         if want_colors:
-            rgb = np.concatenate([
-                np.full((len(pix), 3), 255, np.uint8) if f.color is None
-                else np.ascontiguousarray(f.color).reshape(-1, 3)[pix]
-                for f, (_, pix) in zip(frames, parts)
-            ])
+            rgb = np.concatenate(
+                [
+                    np.full((len(pix), 3), 255, np.uint8)
+                    if f.color is None
+                    else np.ascontiguousarray(f.color).reshape(-1, 3)[pix]
+                    for f, (_, pix) in zip(frames, parts)
+                ]
+            )
         if self.config.voxel_size_m > 0:
             keep = voxel_downsample_indices(xyz, self.config.voxel_size_m)
             xyz, index = xyz[keep], index[keep]

@@ -87,7 +87,10 @@ def default_boxes() -> list[Box]:
 
 
 TABLE_COLOR = (150, 120, 90)
-TABLE_HALF = (0.7, 0.5)  # table top x in [-0.7, 0.7], y in [-0.5, 0.5] at z = 0: beyond the crop box
+TABLE_HALF = (
+    0.7,
+    0.5,
+)  # table top x in [-0.7, 0.7], y in [-0.5, 0.5] at z = 0: beyond the crop box
 
 
 @dataclass
@@ -104,14 +107,24 @@ class SyntheticScene:
         down = np.array([0.0, 0.0, -1.0])
         wrist_cam = look_at([0.0, 0.0, 0.0], down * 0.5 + [0.0, 0.12, 0.0], [0.0, 1.0, 0.0])
         self.cameras = [
-            SceneCamera("cam_high", "cam_high_color_optical_frame", "world",
-                        look_at([0.0, -0.35, 0.75], [0.0, 0.0, 0.0])),
-            SceneCamera("cam_low", "cam_low_color_optical_frame", "world",
-                        look_at([0.0, -0.65, 0.3], [0.0, 0.05, 0.0])),
-            SceneCamera("cam_left_wrist", "cam_left_wrist_color_optical_frame", "left_wrist",
-                        wrist_cam),
-            SceneCamera("cam_right_wrist", "cam_right_wrist_color_optical_frame", "right_wrist",
-                        wrist_cam),
+            SceneCamera(
+                "cam_high",
+                "cam_high_color_optical_frame",
+                "world",
+                look_at([0.0, -0.35, 0.75], [0.0, 0.0, 0.0]),
+            ),
+            SceneCamera(
+                "cam_low",
+                "cam_low_color_optical_frame",
+                "world",
+                look_at([0.0, -0.65, 0.3], [0.0, 0.05, 0.0]),
+            ),
+            SceneCamera(
+                "cam_left_wrist", "cam_left_wrist_color_optical_frame", "left_wrist", wrist_cam
+            ),
+            SceneCamera(
+                "cam_right_wrist", "cam_right_wrist_color_optical_frame", "right_wrist", wrist_cam
+            ),
         ]
         self._by_name = {c.name: c for c in self.cameras}
 
@@ -172,10 +185,20 @@ class SyntheticScene:
         if HAVE_NUMBA:
             depth64 = np.empty((cam.height, cam.width))
             hit = np.empty((cam.height, cam.width), np.int64)
-            lo = np.array([np.subtract(b.center, b.half_extents) for b in self.boxes]).reshape(-1, 3)
+            lo = np.array([np.subtract(b.center, b.half_extents) for b in self.boxes]).reshape(
+                -1, 3
+            )
             hi = np.array([np.add(b.center, b.half_extents) for b in self.boxes]).reshape(-1, 3)
-            _raycast_grid(pose.translation, rot, cam.ray_grid().astype(np.float64),
-                          np.array(TABLE_HALF), lo, hi, depth64, hit)
+            _raycast_grid(
+                pose.translation,
+                rot,
+                cam.ray_grid().astype(np.float64),
+                np.array(TABLE_HALF),
+                lo,
+                hi,
+                depth64,
+                hit,
+            )
             depth = depth64.astype(np.float32)
         else:
             rays = cam.ray_grid().reshape(-1, 2).astype(np.float64)

@@ -60,8 +60,9 @@ def domain_id_for_run() -> int:
     return 1 + os.getpid() % 101
 
 
-def child_env(domain_id: int, log_dir: Path, base: Mapping[str, str] | None = None,
-              **extra: str) -> dict[str, str]:
+def child_env(
+    domain_id: int, log_dir: Path, base: Mapping[str, str] | None = None, **extra: str
+) -> dict[str, str]:
     """Environment for a ROS 2 child process.
 
     Starts from ``base`` (default: os.environ) without STRIPPED_VARS, then sets: this run's
@@ -70,8 +71,9 @@ def child_env(domain_id: int, log_dir: Path, base: Mapping[str, str] | None = No
     already set, unbuffered and uncolored output (so log files are complete and greppable);
     then ``extra`` (a value of None removes the variable).
     """
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in STRIPPED_VARS}
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if k not in STRIPPED_VARS
+    }
     log_dir.mkdir(parents=True, exist_ok=True)
     env.update(
         ROS_DOMAIN_ID=str(domain_id),
@@ -104,8 +106,9 @@ def ros_env(ros_domain_id: int, tmp_path: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------- processes
-def start_process(cmd: Sequence[str], env: Mapping[str, str], log_path: Path,
-                  cwd: Path | None = None) -> subprocess.Popen:
+def start_process(
+    cmd: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start ``cmd`` with stdout and stderr appended to ``log_path``.
 
     The process gets its own session (process group), so ``stop_process`` also reaches anything
@@ -118,8 +121,13 @@ def start_process(cmd: Sequence[str], env: Mapping[str, str], log_path: Path,
     log = open(log_path, "ab")  # noqa: SIM115 (closed by stop_process)
     try:
         proc = subprocess.Popen(
-            [str(c) for c in cmd], env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=str(cwd or log_path.parent), start_new_session=True,
+            [str(c) for c in cmd],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(cwd or log_path.parent),
+            start_new_session=True,
         )
     except BaseException:
         log.close()
@@ -129,8 +137,7 @@ def start_process(cmd: Sequence[str], env: Mapping[str, str], log_path: Path,
     return proc
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0,
-                 sig: int = signal.SIGINT) -> int:
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0, sig: int = signal.SIGINT) -> int:
     """Stop a process started by ``start_process``: ``sig`` (default SIGINT, what Ctrl-C and
     ros2 launch send) to its process group, wait up to ``timeout_s``, then SIGKILL.
 
@@ -174,9 +181,13 @@ def log_tail(proc_or_path: subprocess.Popen | Path, lines: int = 40) -> str:
 
 
 # ---------------------------------------------------------------------------------- waiting
-def wait_for(predicate: Callable[[], object], timeout_s: float = DEFAULT_TIMEOUT_S,
-             interval_s: float = 0.05, what: str = "condition",
-             details: Callable[[], str] | None = None) -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    interval_s: float = 0.05,
+    what: str = "condition",
+    details: Callable[[], str] | None = None,
+) -> object:
     """Poll ``predicate`` until it returns something truthy (returned) or fail the test;
     ``details()`` is appended to the failure message (e.g. a log tail)."""
     deadline = time.monotonic() + timeout_s
@@ -190,8 +201,9 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = DEFAULT_TIMEOUT
         time.sleep(interval_s)
 
 
-def wait_for_log(proc: subprocess.Popen, pattern: str,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> re.Match:
+def wait_for_log(
+    proc: subprocess.Popen, pattern: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> re.Match:
     """Wait until the process's log matches the regex ``pattern`` and return the match; fail at
     once (with the log's tail) if the process exits first."""
     rx = re.compile(pattern)
@@ -199,16 +211,28 @@ def wait_for_log(proc: subprocess.Popen, pattern: str,
     def check():
         m = rx.search(read_log(proc))
         if m is None and proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} before logging /{pattern}/; "
-                        f"log tail:\n{log_tail(proc)}")
+            pytest.fail(
+                f"process exited with {proc.returncode} before logging /{pattern}/; "
+                f"log tail:\n{log_tail(proc)}"
+            )
         return m
 
-    return wait_for(check, timeout_s, 0.1, f"/{pattern}/ in {proc.log_path}",
-                    details=lambda: f"log tail:\n{log_tail(proc)}")
+    return wait_for(
+        check,
+        timeout_s,
+        0.1,
+        f"/{pattern}/ in {proc.log_path}",
+        details=lambda: f"log tail:\n{log_tail(proc)}",
+    )
 
 
-def spin_until(node, predicate: Callable[[], object], timeout_s: float = DEFAULT_TIMEOUT_S,
-               what: str = "condition", executor=None) -> object:
+def spin_until(
+    node,
+    predicate: Callable[[], object],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    what: str = "condition",
+    executor=None,
+) -> object:
     """Spin ``node`` in short slices until ``predicate`` holds (returned). Uses ``executor``,
     else the node's own executor (as ``rclpy_node`` sets), else rclpy's global one."""
     import rclpy

@@ -12,16 +12,22 @@ from test.ros.conftest import child_env
 
 
 def _run(args, env, timeout_s=600):
-    proc = subprocess.run([executable_path("clamp"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        [executable_path("clamp"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     assert proc.returncode == 0, f"clamp {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_bench_perception_json(tmp_path, ros_domain_id):
     env = child_env(ros_domain_id, tmp_path / "log")
-    out = _run(["bench", "perception", "--frames", "2", "--width", "160", "--height", "120",
-                "--json"], env)
+    out = _run(
+        ["bench", "perception", "--frames", "2", "--width", "160", "--height", "120", "--json"], env
+    )
     assert set(out) >= {"metric", "unit", "ours", "baseline", "baseline_name", "ratio", "config"}
     assert out["unit"] == "ms" and out["ours"] > 0 and out["baseline"] > 0
     assert out["ratio"] == pytest.approx(out["baseline"] / out["ours"], rel=1e-6)

@@ -38,8 +38,16 @@ pytestmark = pytest.mark.ros
 
 PACKAGE = "clamp_ros"
 REPO = Path(__file__).resolve().parents[2]
-CLONED = ["package.xml", "setup.py", "setup.cfg", "resource", "clamp_core", "clamp_ros",
-          "launch", "config"]
+CLONED = [
+    "package.xml",
+    "setup.py",
+    "setup.cfg",
+    "resource",
+    "clamp_core",
+    "clamp_ros",
+    "launch",
+    "config",
+]
 """What a user's clone contributes to the build (no .venv, tests, models, build outputs)."""
 EXECUTABLES = ["perception_node", "synthetic_scene_node", "clamp"]
 PARAMS = "config/aloha_bimanual.yaml"
@@ -75,7 +83,8 @@ class Workspace:
     def run_env(self, domain_id: int, log_dir: Path) -> dict[str, str]:
         """What `source install/setup.bash` gives a shell (plus the test-run isolation)."""
         return child_env(
-            domain_id, log_dir,
+            domain_id,
+            log_dir,
             AMENT_PREFIX_PATH=os.pathsep.join([str(self.prefix), str(VENV)]),
             PYTHONPATH=str(self.site_packages),
         )
@@ -90,17 +99,36 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, ros_domain_id: int) -> W
         src = REPO / item
         assert src.exists(), f"{item} is missing from the repository"
         if src.is_dir():
-            shutil.copytree(src, ws.src / item,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            shutil.copytree(
+                src,
+                ws.src / item,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+            )
         else:
             shutil.copy2(src, ws.src / item)
-    env = child_env(ros_domain_id, ws.root / "ros_log", AMENT_PREFIX_PATH=str(VENV),
-                    COLCON_HOME=str(ws.root / "colcon_home"))
-    cmd = [*_colcon(), "--log-base", str(ws.root / "log"), "build",
-           "--base-paths", str(ws.root / "src"), "--build-base", str(ws.root / "build"),
-           "--install-base", str(ws.install), "--event-handlers", "console_direct+"]
-    result = subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True,
-                            timeout=BUILD_TIMEOUT_S)
+    env = child_env(
+        ros_domain_id,
+        ws.root / "ros_log",
+        AMENT_PREFIX_PATH=str(VENV),
+        COLCON_HOME=str(ws.root / "colcon_home"),
+    )
+    cmd = [
+        *_colcon(),
+        "--log-base",
+        str(ws.root / "log"),
+        "build",
+        "--base-paths",
+        str(ws.root / "src"),
+        "--build-base",
+        str(ws.root / "build"),
+        "--install-base",
+        str(ws.install),
+        "--event-handlers",
+        "console_direct+",
+    ]
+    result = subprocess.run(
+        cmd, cwd=ws.root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+    )
     (ws.root / "colcon_build.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, (
         f"colcon build failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
@@ -113,12 +141,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, ros_domain_id: int) -> W
 def test_install_layout(workspace: Workspace):
     for name in EXECUTABLES:
         exe = workspace.libexec / name
-        assert exe.is_file(), \
+        assert exe.is_file(), (
             f"{exe} missing: setup.cfg must set install_scripts=$base/lib/{PACKAGE}"
+        )
         assert os.access(exe, os.X_OK), f"{exe} is not executable"
         assert not exe.is_symlink(), "expected a real install, not --symlink-install"
-        assert not (workspace.prefix / "bin" / name).exists(), \
+        assert not (workspace.prefix / "bin" / name).exists(), (
             f"{name} was also installed to bin/ (ros2 run looks in lib/{PACKAGE})"
+        )
     share = workspace.share
     assert (share / "package.xml").is_file()
     assert (share / PARAMS).is_file()
@@ -134,8 +164,9 @@ def test_install_layout(workspace: Workspace):
         assert (workspace.site_packages / pkg / "__init__.py").is_file(), f"{pkg} not installed"
 
 
-def test_install_space_resolves_to_installed_copy(workspace: Workspace, ros_domain_id: int,
-                                                  tmp_path: Path):
+def test_install_space_resolves_to_installed_copy(
+    workspace: Workspace, ros_domain_id: int, tmp_path: Path
+):
     """In the sourced-install environment, Python imports the installed modules (not the source
     tree, not the venv's editable install) and the ament index points at the install space."""
     probe = (
@@ -151,8 +182,14 @@ def test_install_space_resolves_to_installed_copy(workspace: Workspace, ros_doma
         "    exe=graph.executable_path('perception_node'))))\n"
     )
     env = workspace.run_env(ros_domain_id, tmp_path / "ros_log")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout.strip().splitlines()[-1])
     site = workspace.site_packages.resolve()
@@ -165,8 +202,9 @@ def test_install_space_resolves_to_installed_copy(workspace: Workspace, ros_doma
     assert Path(info["exe"]).resolve() == (workspace.libexec / "perception_node").resolve()
 
 
-def test_perception_node_runs_from_install(workspace: Workspace, ros_domain_id: int,
-                                           tmp_path: Path, rclpy_node):
+def test_perception_node_runs_from_install(
+    workspace: Workspace, ros_domain_id: int, tmp_path: Path, rclpy_node
+):
     """`ros2 run clamp_ros perception_node --ros-args --params-file <share>/config/...` from the
     install space: it comes up, joins the graph, serves its parameters, and stops on Ctrl-C.
 
@@ -178,26 +216,38 @@ def test_perception_node_runs_from_install(workspace: Workspace, ros_domain_id: 
     from rcl_interfaces.srv import GetParameters
 
     env = workspace.run_env(ros_domain_id, tmp_path / "ros_log")
-    cmd = [workspace.libexec / "perception_node", "--ros-args",
-           "--params-file", workspace.share / PARAMS]
+    cmd = [
+        workspace.libexec / "perception_node",
+        "--ros-args",
+        "--params-file",
+        workspace.share / PARAMS,
+    ]
     proc = start_process(cmd, env, tmp_path / "perception.log")
     try:
         wait_for_log(proc, r"perception backend '\w+' ready")
 
-        spin_until(rclpy_node, lambda: "perception" in rclpy_node.get_node_names(),
-                   what="node 'perception' in the ROS graph")
+        spin_until(
+            rclpy_node,
+            lambda: "perception" in rclpy_node.get_node_names(),
+            what="node 'perception' in the ROS graph",
+        )
 
         client = rclpy_node.create_client(GetParameters, "/perception/get_parameters")
         assert client.wait_for_service(timeout_sec=120), "/perception/get_parameters not served"
-        future = client.call_async(GetParameters.Request(
-            names=["perception.base_frame", "perception.camera_names"]))
+        future = client.call_async(
+            GetParameters.Request(names=["perception.base_frame", "perception.camera_names"])
+        )
         rclpy_node.executor.spin_until_future_complete(future, timeout_sec=120)
         assert future.done(), "no reply from /perception/get_parameters"
         base_frame, cameras = future.result().values
         assert base_frame.type == ParameterType.PARAMETER_STRING
         assert base_frame.string_value == "world"
         assert list(cameras.string_array_value) == [
-            "cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"]
+            "cam_high",
+            "cam_low",
+            "cam_left_wrist",
+            "cam_right_wrist",
+        ]
         assert proc.poll() is None, f"node exited early:\n{log_tail(proc)}"
     finally:
         code = stop_process(proc)

@@ -58,16 +58,23 @@ class LaunchRefs:
         self.executables: set[str] = set()
         self.params: set[str] = set()
         for node in ast.walk(self.tree):
-            if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
-                    and node.value.id == "GRAPHS"):
-                assert isinstance(node.slice, ast.Constant), \
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "GRAPHS"
+            ):
+                assert isinstance(node.slice, ast.Constant), (
                     f"{path.name}: GRAPHS index must be a literal graph name"
+                )
                 self.graphs.append(node.slice.value)
             elif isinstance(node, ast.keyword) and node.arg == "executable":
                 if isinstance(node.value, ast.Constant):
                     self.executables.add(node.value.value)
-            elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                  and node.value.endswith((".yaml", ".yml"))):
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.endswith((".yaml", ".yml"))
+            ):
                 self.params.add(node.value)
 
     def specs(self) -> list[NodeSpec]:
@@ -95,10 +102,12 @@ def ros_param_sections(doc, where: str) -> dict[str, dict]:
             assert isinstance(key, str), f"{where}: node key {key!r} is not a string"
             assert isinstance(value, dict), f"{where}: '{path}' is not a mapping"
             if "ros__parameters" in value:
-                assert set(value) == {"ros__parameters"}, \
+                assert set(value) == {"ros__parameters"}, (
                     f"{where}: '{path}' has keys besides ros__parameters: {sorted(value)}"
-                assert isinstance(value["ros__parameters"], dict), \
+                )
+                assert isinstance(value["ros__parameters"], dict), (
                     f"{where}: '{path}/ros__parameters' is not a mapping"
+                )
                 sections[path] = value["ros__parameters"]
             else:
                 visit(value, path)  # a namespace
@@ -137,8 +146,10 @@ def test_there_are_launch_files():
 def test_launch_file_compiles(path: Path):
     compile(path.read_text(), str(path), "exec")
     refs = LaunchRefs(path)
-    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"
-               for n in refs.tree.body), f"{path.name} defines no generate_launch_description()"
+    assert any(
+        isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"
+        for n in refs.tree.body
+    ), f"{path.name} defines no generate_launch_description()"
 
 
 def test_console_scripts_resolve(scripts: dict[str, str]):
@@ -227,8 +238,10 @@ def test_node_command(graph_name: str, scripts: dict[str, str]):
         assert len(files) == len(spec.params)
         for file, rel in zip(files, spec.params, strict=True):
             assert Path(file).is_file(), f"{spec.name}: params file {file} missing"
-            assert Path(file).resolve() == (REPO / rel).resolve() or \
-                Path(file).resolve().read_bytes() == (REPO / rel).read_bytes()
+            assert (
+                Path(file).resolve() == (REPO / rel).resolve()
+                or Path(file).resolve().read_bytes() == (REPO / rel).read_bytes()
+            )
             ros_param_sections(yaml.safe_load(Path(file).read_text()), file)
         assert cmd[-4:] == ["-p", "flag:=true", "-p", "names:=[a,b]"]
 

@@ -37,25 +37,29 @@ MOUNT = look_at([0.3, 0.0, 0.5], [0.0, 0.0, 0.0])
 
 def _params(tmp_path):
     params = {
-        "/**": {"ros__parameters": {
-            "image_qos": "reliable",
-            "diagnostics_period_s": 0.2,
-            "tf_wait_s": 0.3,
-            "perception": {
-                "base_frame": "world",
-                "camera_names": list(CAMERAS),
-                # cam_b: unregistered depth with its own CameraInfo (its color camera differs)
-                "cameras": {"cam_a": {"use_color": True},
-                            "cam_b": {"use_color": False, "registered": False}},
-                "view_names": ["overhead", "back_right"],
-                "image_width": 32,
-                "image_height": 32,
-                "sync_tolerance_s": 0.001,
-                "stale_after_s": 1.0,
-                "tf_tolerance_s": 0.0,
-                "backend": "numpy",
-            },
-        }},
+        "/**": {
+            "ros__parameters": {
+                "image_qos": "reliable",
+                "diagnostics_period_s": 0.2,
+                "tf_wait_s": 0.3,
+                "perception": {
+                    "base_frame": "world",
+                    "camera_names": list(CAMERAS),
+                    # cam_b: unregistered depth with its own CameraInfo (its color camera differs)
+                    "cameras": {
+                        "cam_a": {"use_color": True},
+                        "cam_b": {"use_color": False, "registered": False},
+                    },
+                    "view_names": ["overhead", "back_right"],
+                    "image_width": 32,
+                    "image_height": 32,
+                    "sync_tolerance_s": 0.001,
+                    "stale_after_s": 1.0,
+                    "tf_tolerance_s": 0.0,
+                    "backend": "numpy",
+                },
+            }
+        },
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -81,8 +85,11 @@ class Rig:
         self.view_stamps: list[int] = []
         self.logs: list[str] = []
         node.create_subscription(Image, "views/overhead", self._on_view, 10)
-        rosout_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        rosout_qos = QoSProfile(
+            depth=1000,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
         node.create_subscription(Log, "/rosout", self._on_log, rosout_qos)
         self.stamp = 10_000_000_000
 
@@ -102,9 +109,12 @@ class Rig:
         return False
 
     def wait_connected(self):
-        assert self.spin_until(lambda: all(
-            p["depth"].get_subscription_count() > 0 for p in self.pubs.values()
-        ) and self.tf.get_subscription_count() > 0), "perception node did not subscribe"
+        assert self.spin_until(
+            lambda: (
+                all(p["depth"].get_subscription_count() > 0 for p in self.pubs.values())
+                and self.tf.get_subscription_count() > 0
+            )
+        ), "perception node did not subscribe"
 
     # ------------------------------------------------------------------ messages
     def next_stamp(self) -> int:
@@ -123,10 +133,14 @@ class Rig:
             self.pubs[cam]["info"].publish(info_from_camera(camera, header))
 
     def send_static_tf(self):
-        self.tf_static.publish(TFMessage(transforms=[
-            transform_msg("world", "cam_a_optical", 0, POSES["cam_a"]),
-            transform_msg("mount", "cam_b_optical", 0, POSES["cam_b"]),
-        ]))
+        self.tf_static.publish(
+            TFMessage(
+                transforms=[
+                    transform_msg("world", "cam_a_optical", 0, POSES["cam_a"]),
+                    transform_msg("mount", "cam_b_optical", 0, POSES["cam_b"]),
+                ]
+            )
+        )
 
     def send_mount(self, stamp):
         self.tf.publish(TFMessage(transforms=[transform_msg("world", "mount", stamp, MOUNT)]))
@@ -134,15 +148,18 @@ class Rig:
     def depth(self, value=0.5):
         return np.full((H, W), value, np.float32)
 
-    def send(self, cam, stamp, depth=None, encoding="32FC1", frame=None, color_size=(W, H),
-             msg=None):
+    def send(
+        self, cam, stamp, depth=None, encoding="32FC1", frame=None, color_size=(W, H), msg=None
+    ):
         header = Header(stamp=ns_to_stamp(stamp), frame_id=frame or f"{cam}_optical")
         self.pubs[cam]["depth"].publish(
-            msg or image_msg(self.depth() if depth is None else depth, encoding, header))
+            msg or image_msg(self.depth() if depth is None else depth, encoding, header)
+        )
         if cam == "cam_a":
             w, h = color_size
             self.pubs[cam]["color"].publish(
-                image_msg(np.zeros((h, w, 3), np.uint8), "rgb8", header))
+                image_msg(np.zeros((h, w, 3), np.uint8), "rgb8", header)
+            )
 
     def send_good_set(self, stamp=None) -> int:
         stamp = self.next_stamp() if stamp is None else stamp
@@ -153,11 +170,13 @@ class Rig:
 
     def expect_views(self, stamp):
         assert self.spin_until(lambda: stamp in self.view_stamps), (
-            f"no views for the good set at {stamp}; node said: {self.logs[-5:]}")
+            f"no views for the good set at {stamp}; node said: {self.logs[-5:]}"
+        )
 
     def expect_error(self, *needles):
         def found():
             return any(all(n in line for n in needles) for line in self.logs)
+
         assert self.spin_until(found), f"no log line with {needles}; got {self.logs[-8:]}"
 
 
@@ -308,5 +327,3 @@ def test_camera_that_stops_publishing_is_reported_stale(rig):
     good = r.send_good_set()
     r.expect_views(good)
     assert proc.poll() is None
-
-

@@ -61,13 +61,19 @@ def test_views_over_dds_match_the_scene_geometry(live):
     clouds: list[PointCloud2] = []
     for n in names:
         node.create_subscription(
-            Image, f"views/{n}",
-            lambda m, n=n: received.setdefault(stamp_to_ns(m.header.stamp), {}).update({n: m}), 5)
+            Image,
+            f"views/{n}",
+            lambda m, n=n: received.setdefault(stamp_to_ns(m.header.stamp), {}).update({n: m}),
+            5,
+        )
     node.create_subscription(PointCloud2, "fused_points", clouds.append, 2)
     diags: list[DiagnosticStatus] = []
     node.create_subscription(
-        DiagnosticArray, "/diagnostics",
-        lambda m: diags.extend(s for s in m.status if s.name.endswith("perception")), 10)
+        DiagnosticArray,
+        "/diagnostics",
+        lambda m: diags.extend(s for s in m.status if s.name.endswith("perception")),
+        10,
+    )
 
     def complete_sets():
         return [s for s, views in received.items() if len(views) == len(names)]

@@ -14,10 +14,19 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize("name", ["aloha_bimanual.yaml", "synthetic_demo.yaml"])
 def test_shipped_parameter_files_parse(name):
     cfg = PerceptionConfig.from_yaml(ROOT / "config" / name, "perception")
-    assert [c.name for c in cfg.cameras] == ["cam_high", "cam_low", "cam_left_wrist",
-                                             "cam_right_wrist"]
-    assert [v.name for v in cfg.views] == ["overhead", "back_right", "front_left", "wrist_left",
-                                           "wrist_right"]
+    assert [c.name for c in cfg.cameras] == [
+        "cam_high",
+        "cam_low",
+        "cam_left_wrist",
+        "cam_right_wrist",
+    ]
+    assert [v.name for v in cfg.views] == [
+        "overhead",
+        "back_right",
+        "front_left",
+        "wrist_left",
+        "wrist_right",
+    ]
     assert cfg.cameras[2].depth_topic == "cam_left_wrist/depth/image_raw"
 
 
@@ -58,4 +67,7 @@ def test_camera_topics_default_to_realsense_names():
     cfg = PerceptionConfig.from_dict({"camera_names": ["cam_a"]})
     cam = cfg.cameras[0]
     assert (cam.color_topic, cam.depth_topic, cam.info_topic) == (
-        "cam_a/color/image_raw", "cam_a/depth/image_raw", "cam_a/color/camera_info")
+        "cam_a/color/image_raw",
+        "cam_a/depth/image_raw",
+        "cam_a/color/camera_info",
+    )

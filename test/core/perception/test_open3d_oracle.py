@@ -39,8 +39,9 @@ def _frames(scene):
         if f.camera in shifted:
             cam = _off_centre(f.intrinsics, *shifted[f.camera])
             depth_m, color = scene.render_pose(scene.camera_pose(f.camera, STAMP_NS * 1e-9), cam)
-            frames[i] = RgbdFrame(f.camera, f.stamp_ns, f.frame_id, cam,
-                                  encode_depth_mm(depth_m), 1e-3, color)
+            frames[i] = RgbdFrame(
+                f.camera, f.stamp_ns, f.frame_id, cam, encode_depth_mm(depth_m), 1e-3, color
+            )
     return frames
 
 
@@ -62,15 +63,23 @@ def _open3d_cloud(frame: RgbdFrame, t_base_cam: np.ndarray, api: str):
     extrinsic = np.linalg.inv(t_base_cam)  # Open3D wants T_cam_base
     if api == "tensor":
         pcd = o3d.t.geometry.PointCloud.create_from_depth_image(
-            o3d.t.geometry.Image(o3c.Tensor(frame.depth)), o3c.Tensor(cam.K),
-            o3c.Tensor(extrinsic), depth_scale=1000.0, depth_max=3.0)
+            o3d.t.geometry.Image(o3c.Tensor(frame.depth)),
+            o3c.Tensor(cam.K),
+            o3c.Tensor(extrinsic),
+            depth_scale=1000.0,
+            depth_max=3.0,
+        )
         box = o3d.t.geometry.AxisAlignedBoundingBox(
-            o3c.Tensor(np.float32(WS_MIN)), o3c.Tensor(np.float32(WS_MAX)))
+            o3c.Tensor(np.float32(WS_MIN)), o3c.Tensor(np.float32(WS_MAX))
+        )
         return pcd.crop(box).point.positions.numpy(), None
     rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-        o3d.geometry.Image(np.ascontiguousarray(frame.color)), o3d.geometry.Image(frame.depth),
-        depth_scale=1000.0, depth_trunc=float(np.nextafter(3.0, 0.0)),
-        convert_rgb_to_intensity=False)
+        o3d.geometry.Image(np.ascontiguousarray(frame.color)),
+        o3d.geometry.Image(frame.depth),
+        depth_scale=1000.0,
+        depth_trunc=float(np.nextafter(3.0, 0.0)),
+        convert_rgb_to_intensity=False,
+    )
     intr = o3d.camera.PinholeCameraIntrinsic(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
     pcd = o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, intr, extrinsic)
     pcd = pcd.crop(o3d.geometry.AxisAlignedBoundingBox(np.array(WS_MIN), np.array(WS_MAX)))
@@ -84,8 +93,9 @@ def test_fused_cloud_equals_open3d_backprojection(small_scene, api):
     frames = _frames(scene)
     assert frames[1].intrinsics.cx != (scene.width - 1) / 2  # the off-centre case is exercised
     # Open3D has no minimum depth: switch ours off so both keep the same readings
-    config = PerceptionConfig(backend="numpy", depth_min_m=0.0, workspace_min=WS_MIN,
-                              workspace_max=WS_MAX)
+    config = PerceptionConfig(
+        backend="numpy", depth_min_m=0.0, workspace_min=WS_MIN, workspace_max=WS_MAX
+    )
     pipe = PerceptionPipeline(config)
     ours = pipe.process(frames, scene_tf(scene, STAMP_NS), want_cloud=True, want_colors=True).cloud
     for i, frame in enumerate(frames):
@@ -100,7 +110,9 @@ def test_fused_cloud_equals_open3d_backprojection(small_scene, api):
         b = np.argsort(_pixel_keys(ref_xyz, t_base_cam, frame.intrinsics))
         np.testing.assert_array_equal(
             _pixel_keys(xyz, t_base_cam, frame.intrinsics)[a],
-            _pixel_keys(ref_xyz, t_base_cam, frame.intrinsics)[b], err_msg=frame.camera)
+            _pixel_keys(ref_xyz, t_base_cam, frame.intrinsics)[b],
+            err_msg=frame.camera,
+        )
         np.testing.assert_allclose(xyz[a], ref_xyz[b], rtol=0, atol=1e-5, err_msg=frame.camera)
         if ref_rgb is not None:
             np.testing.assert_array_equal(ours.rgb[sel][a], ref_rgb[b], err_msg=frame.camera)

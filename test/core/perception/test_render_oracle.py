@@ -48,8 +48,9 @@ def test_every_fused_point_lies_on_a_scene_surface(setup):
     assert scene.surface_distance(result.cloud.xyz).max() < 1e-4
 
 
-@pytest.mark.parametrize("view", ["overhead", "back_right", "front_left", "wrist_left",
-                                  "wrist_right"])
+@pytest.mark.parametrize(
+    "view", ["overhead", "back_right", "front_left", "wrist_left", "wrist_right"]
+)
 def test_rendered_depth_matches_ray_cast_virtual_camera(setup, view):
     scene, _, _, pipe, result = setup
     v = result.views.names.index(view)
@@ -111,8 +112,9 @@ def test_wrist_view_moves_with_its_tf_frame(setup):
     for dx in (0.0, 0.05):
         tf = scene_tf(scene, STAMP)
         pose = scene.wrist_pose("left", STAMP * 1e-9)
-        tf.set_transform("world", "left_wrist", STAMP,
-                         Transform(pose.translation + [dx, 0, 0], pose.rotation))
+        tf.set_transform(
+            "world", "left_wrist", STAMP, Transform(pose.translation + [dx, 0, 0], pose.rotation)
+        )
         outs.append(pipe.process(fixed_frames, tf, stamp_ns=STAMP).views)
     a, b = outs
     both = a.mask[v] & b.mask[v]
@@ -182,8 +184,10 @@ def test_colors_follow_their_points(setup):
     for box in scene.boxes:
         top = box.center[2] + box.half_extents[2]
         on_top = np.abs(cloud.xyz[:, 2] - top) < 1e-4
-        on_top &= np.all(np.abs(cloud.xyz[:, :2] - box.center[:2]) <
-                         np.asarray(box.half_extents[:2]) - 0.002, axis=1)
+        on_top &= np.all(
+            np.abs(cloud.xyz[:, :2] - box.center[:2]) < np.asarray(box.half_extents[:2]) - 0.002,
+            axis=1,
+        )
         assert on_top.sum() > 100
         assert np.all(cloud.rgb[on_top] == box.color)
     assert set(np.unique(cloud.camera_index)) == {0, 1, 2, 3}
@@ -205,8 +209,9 @@ def test_frames_that_disagree_with_their_camera_info_are_refused():
     frame = RgbdFrame("cam_x", 0, "f", cam, np.ones((5, 8), np.float32), 1.0)
     with pytest.raises(ValueError, match="cam_x.*8x5.*8x6"):
         pipe.fuse([frame], [np.eye(4)])
-    frame = RgbdFrame("cam_y", 0, "f", cam, np.ones((6, 8), np.float32), 1.0,
-                      color=np.zeros((3, 4, 3), np.uint8))
+    frame = RgbdFrame(
+        "cam_y", 0, "f", cam, np.ones((6, 8), np.float32), 1.0, color=np.zeros((3, 4, 3), np.uint8)
+    )
     with pytest.raises(ValueError, match="cam_y.*color"):
         pipe.fuse([frame], [np.eye(4)])
 
