@@ -25,6 +25,7 @@ demo: setup
 	$(VENV)/bin/clamp demo $(DEMO_ARGS)
 
 test: setup
+	$(VENV)/bin/ruff check clamp_core clamp_ros test launch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

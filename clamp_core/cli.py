@@ -24,6 +24,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     perc.add_argument("--no-baseline", action="store_true", help="skip the Open3D equivalent")
     perc.add_argument("--json", action="store_true", help="print one JSON object only")
     perc.set_defaults(func=cmd_bench_perception)
+
+    data = sub.add_parser("data", help="episode datasets (HDF5)")
+    data_sub = data.add_subparsers(dest="data", required=True)
+    check = data_sub.add_parser(
+        "check", help="validate every episode file under DIR; exit 1 if any has a problem"
+    )
+    check.add_argument("dir", help="dataset directory (searched recursively) or one .hdf5 file")
+    check.add_argument("--json", action="store_true", help="print one JSON object only")
+    check.set_defaults(func=cmd_data_check)
     return parser, sub
 
 
@@ -48,6 +57,19 @@ def cmd_bench_perception(args) -> int:
         print(f"  ratio    {result['ratio']:8.1f}x  (baseline / ours; > 1 means we are faster)")
     print(json.dumps(result["config"], indent=2))
     return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data.check import check_dataset, format_report
+
+    summary, problems = check_dataset(args.dir)
+    if args.json:
+        summary["problems"] = [p.as_dict() for p in problems]
+        summary["ok"] = not problems
+        print(json.dumps(summary))
+    else:
+        print(format_report(summary, problems))
+    return 1 if problems else 0
 
 
 def main(argv=None, parser=None) -> int:

@@ -90,121 +90,255 @@ def render_numpy(points, rots, trans, intr, width, height, near):
 
 
 # --------------------------------------------------------------------------- numba fast path
+#
+# One parallel region per camera fuses *and* renders: each worker owns one private z-buffer per
+# view and takes every n-th band of ``_BAND_ROWS`` camera rows (interleaved bands balance the
+# load without knowing the point counts). A band is back-projected into the shared point arrays
+# (not compacted: a point keeps its pixel's slot, invalid points get x = NaN, which no view
+# accepts) and, while it is hot in cache, projected into every view and scattered. The scatter
+# is ``zbuf[p] = min(zbuf[p], key)`` on the full 64-bit key, so the result does not depend on
+# the order in which points arrive or on how they are split between workers. A last parallel
+# pass merges the private buffers and gathers the winners.
+#
+# All kernels use ``error_model='numpy'``: with the default ('python') every float division
+# carries a zero check that keeps LLVM from vectorising the loops. Arrays are indexed with
+# unsigned or provably non-negative integers where it matters, so no wraparound code is emitted.
+
+_BAND_ROWS = 16  # camera rows per work unit (about 10k points: fits L1/L2 with the view data)
+_CHUNK_POINTS = 8192  # points per work unit of ``render`` (explicit clouds)
+
 if HAVE_NUMBA:
 
-    @njit(parallel=True, cache=True)
-    def _fuse_camera(
-        depth, scale, rays, rot, trans, dmin, dmax, lo, hi, first_index, px, py, pz, pix, counts
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _project_scatter(
+        xs, ys, zs, n, first, vrot, vtrans, intr, v, vwidth, vheight, near, tp, tk, zbuf
     ):
-        """Back-project, transform and crop one camera, one row per task. Row ``r``'s points are
-        stored from ``first_index + r * width`` on (rows are not compacted); ``counts[r]`` says
-        how many."""
-        height, width = depth.shape
-        for r in prange(height):
-            start = first_index + r * width
-            n = 0
-            for c in range(width):
-                d = np.float32(depth[r, c]) * scale
-                if not (d > dmin and d < dmax):  # also false for NaN
-                    continue
-                x = d * rays[r, c, 0]
-                y = d * rays[r, c, 1]
-                z = d
-                xb = rot[0, 0] * x + rot[0, 1] * y + rot[0, 2] * z + trans[0]
-                yb = rot[1, 0] * x + rot[1, 1] * y + rot[1, 2] * z + trans[1]
-                zb = rot[2, 0] * x + rot[2, 1] * y + rot[2, 2] * z + trans[2]
-                if xb < lo[0] or xb > hi[0] or yb < lo[1] or yb > hi[1] or zb < lo[2] or zb > hi[2]:
-                    continue
-                px[start + n] = xb
-                py[start + n] = yb
-                pz[start + n] = zb
-                pix[start + n] = r * width + c
-                n += 1
-            counts[r] = n
-
-    @njit(parallel=True, cache=True)
-    def _render_rows(
-        px, py, pz, row_start, row_count, block_rows, vrot, vtrans, intr, vwidth, vheight, near,
-        zbufs, tz, tp,
-    ):
-        """Z-buffer point rows into private buffers, one buffer per block of rows.
-
-        Views are the outer loop so one view's buffer stays in L2 while a block streams
-        through it. Projection runs over 1-D slices without branches (LLVM vectorises it); the
-        scatter is the only data-dependent loop. Rows, and so point indices, are visited in
-        increasing order, which the merge in ``_gather`` relies on for exact ties."""
+        """Project points ``xs[:n]`` (index ``first + j``) into view ``v`` and min-scatter their
+        keys into ``zbuf`` (H * W slots). The projection loop is branch-free and vectorises;
+        the scatter skips misses (they come in long runs, so the branch predicts well) and
+        stores the minimum unconditionally (no data-dependent branch to mispredict)."""
         fw, fh = np.float32(vwidth), np.float32(vheight)
-        for k in prange(block_rows.shape[0] - 1):
-            tzs, tps = tz[k], tp[k]
-            for v in range(vrot.shape[0]):
-                r00, r01, r02 = vrot[v, 0, 0], vrot[v, 0, 1], vrot[v, 0, 2]
-                r10, r11, r12 = vrot[v, 1, 0], vrot[v, 1, 1], vrot[v, 1, 2]
-                r20, r21, r22 = vrot[v, 2, 0], vrot[v, 2, 1], vrot[v, 2, 2]
-                t0, t1, t2 = vtrans[v, 0], vtrans[v, 1], vtrans[v, 2]
-                fx, fy, cx, cy = intr[v, 0], intr[v, 1], intr[v, 2], intr[v, 3]
-                zb = zbufs[k, v]
-                for r in range(block_rows[k], block_rows[k + 1]):
-                    start = row_start[r]
-                    n = row_count[r]
-                    xs, ys, zs = px[start:start + n], py[start:start + n], pz[start:start + n]
-                    for j in range(n):
-                        x, y, z = xs[j], ys[j], zs[j]
-                        zc = r20 * x + r21 * y + r22 * z + t2
-                        xc = r00 * x + r01 * y + r02 * z + t0
-                        yc = r10 * x + r11 * y + r12 * z + t1
-                        u = np.floor(fx * xc / zc + cx + np.float32(0.5))
-                        w = np.floor(fy * yc / zc + cy + np.float32(0.5))
-                        ok = (zc > near) & (u >= np.float32(0)) & (u < fw)
-                        ok &= (w >= np.float32(0)) & (w < fh)
-                        # misses go to the spare slot at index H*W
-                        tps[j] = np.int32(w * fw + u) if ok else np.int32(vwidth * vheight)
-                        tzs[j] = np.int32(zc * np.float32(1e6)) if ok else np.int32(0)
-                    for j in range(n):
-                        p = tps[j]
-                        key = (np.uint64(tzs[j]) << np.uint64(32)) | np.uint64(start + j)
-                        if key < zb[p]:
-                            zb[p] = key
+        miss = np.uint32(vwidth * vheight)
+        r00, r01, r02 = vrot[v, 0, 0], vrot[v, 0, 1], vrot[v, 0, 2]
+        r10, r11, r12 = vrot[v, 1, 0], vrot[v, 1, 1], vrot[v, 1, 2]
+        r20, r21, r22 = vrot[v, 2, 0], vrot[v, 2, 1], vrot[v, 2, 2]
+        t0, t1, t2 = vtrans[v, 0], vtrans[v, 1], vtrans[v, 2]
+        fx, fy, cx, cy = intr[v, 0], intr[v, 1], intr[v, 2], intr[v, 3]
+        for j in range(n):
+            x, y, z = xs[j], ys[j], zs[j]
+            zc = r20 * x + r21 * y + r22 * z + t2
+            xc = r00 * x + r01 * y + r02 * z + t0
+            yc = r10 * x + r11 * y + r12 * z + t1
+            u = np.floor(fx * xc / zc + cx + np.float32(0.5))
+            w = np.floor(fy * yc / zc + cy + np.float32(0.5))
+            ok = (zc > near) & (u >= np.float32(0)) & (u < fw)
+            ok &= (w >= np.float32(0)) & (w < fh)
+            tp[j] = np.uint32(w * fw + u) if ok else miss
+            tk[j] = np.int32(zc * np.float32(1e6)) if ok else np.int32(0)
+        # two interleaved halves: independent dependency chains for the out-of-order core
+        h = n // 2
+        for j in range(h):
+            p = tp[j]
+            if p != miss:
+                key = (np.uint64(tk[j]) << np.uint64(32)) | np.uint64(first + j)
+                old = zbuf[p]
+                zbuf[p] = key if key < old else old
+            j2 = j + h
+            p2 = tp[j2]
+            if p2 != miss:
+                key2 = (np.uint64(tk[j2]) << np.uint64(32)) | np.uint64(first + j2)
+                old2 = zbuf[p2]
+                zbuf[p2] = key2 if key2 < old2 else old2
+        for j in range(2 * h, n):
+            p = tp[j]
+            if p != miss:
+                key = (np.uint64(tk[j]) << np.uint64(32)) | np.uint64(first + j)
+                old = zbuf[p]
+                zbuf[p] = key if key < old else old
 
-    @njit(parallel=True, cache=True)
-    def _fill(flat, value):
-        for i in prange(flat.shape[0]):
-            flat[i] = value
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _fill_keys(zbuf):
+        for v in range(zbuf.shape[0]):
+            for p in range(zbuf.shape[1]):
+                zbuf[v, p] = 0xFFFFFFFFFFFFFFFF
 
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def _fuse_render_camera(
+        depth,
+        scale,
+        rays,
+        rot,
+        trans,
+        dmin,
+        dmax,
+        lo,
+        hi,
+        first_index,
+        band,
+        vrot,
+        vtrans,
+        intr,
+        vwidth,
+        vheight,
+        near,
+        zbufs,
+        tp,
+        tk,
+        counts,
+        px,
+        py,
+        pz,
+        init,
+    ):
+        """Back-project, transform and crop one camera and z-buffer it into every view.
+
+        ``rays`` is the flattened (H * W * 2) ray grid. Pixel (r, c) is point
+        ``first_index + r * W + c``: its coordinates go to that slot of px / py / pz, with
+        px = NaN where the depth is invalid or the point is outside the crop box; ``counts[r]``
+        gets the number of valid points of row r. Worker k uses ``zbufs[k]`` and ``tp[k]`` /
+        ``tk[k]`` and first fills its z-buffers when ``init``."""
+        height, width = depth.shape
+        n_views = vrot.shape[0]
+        n_blocks = zbufs.shape[0]
+        n_bands = (height + band - 1) // band
+        r00, r01, r02 = rot[0, 0], rot[0, 1], rot[0, 2]
+        r10, r11, r12 = rot[1, 0], rot[1, 1], rot[1, 2]
+        r20, r21, r22 = rot[2, 0], rot[2, 1], rot[2, 2]
+        t0, t1, t2 = trans[0], trans[1], trans[2]
+        lx, ly, lz, hx, hy, hz = lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]
+        nan = np.float32(np.nan)
+        for k in prange(n_blocks):
+            if init:
+                _fill_keys(zbufs[k])
+            for b in range(k, n_bands, n_blocks):
+                r0 = b * band
+                r1 = min(r0 + band, height)
+                first = first_index + r0 * width
+                n = (r1 - r0) * width
+                xs, ys, zs = px[first : first + n], py[first : first + n], pz[first : first + n]
+                valid = 0
+                for r in range(r0, r1):
+                    o = (r - r0) * width
+                    drow = depth[r]
+                    rrow = rays[r * width * 2 : (r + 1) * width * 2]
+                    xr, yr, zr = xs[o : o + width], ys[o : o + width], zs[o : o + width]
+                    cnt = 0
+                    for c in range(width):
+                        d = np.float32(drow[c]) * scale
+                        x = d * rrow[2 * c]
+                        y = d * rrow[2 * c + 1]
+                        z = d
+                        xb = r00 * x + r01 * y + r02 * z + t0
+                        yb = r10 * x + r11 * y + r12 * z + t1
+                        zb = r20 * x + r21 * y + r22 * z + t2
+                        ok = (d > dmin) & (d < dmax)  # also false for NaN
+                        ok &= (xb >= lx) & (xb <= hx) & (yb >= ly) & (yb <= hy)
+                        ok &= (zb >= lz) & (zb <= hz)
+                        xr[c] = xb if ok else nan
+                        yr[c] = yb
+                        zr[c] = zb
+                        cnt += np.int64(ok)
+                    counts[r] = cnt
+                    valid += cnt
+                if valid == 0:
+                    continue
+                for v in range(n_views):
+                    _project_scatter(
+                        xs,
+                        ys,
+                        zs,
+                        n,
+                        first,
+                        vrot,
+                        vtrans,
+                        intr,
+                        v,
+                        vwidth,
+                        vheight,
+                        near,
+                        tp[k],
+                        tk[k],
+                        zbufs[k, v],
+                    )
+
+    @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def _render_points(px, py, pz, chunk, vrot, vtrans, intr, vwidth, vheight, near, zbufs, tp, tk):
+        """Z-buffer an explicit cloud: worker k fills ``zbufs[k]`` and takes every n-th chunk."""
+        n_points = px.shape[0]
+        n_blocks = zbufs.shape[0]
+        n_chunks = (n_points + chunk - 1) // chunk
+        for k in prange(n_blocks):
+            _fill_keys(zbufs[k])
+            for b in range(k, n_chunks, n_blocks):
+                first = b * chunk
+                n = min(chunk, n_points - first)
+                for v in range(vrot.shape[0]):
+                    _project_scatter(
+                        px[first : first + n],
+                        py[first : first + n],
+                        pz[first : first + n],
+                        n,
+                        first,
+                        vrot,
+                        vtrans,
+                        intr,
+                        v,
+                        vwidth,
+                        vheight,
+                        near,
+                        tp[k],
+                        tk[k],
+                        zbufs[k, v],
+                    )
+
+    @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
     def _gather(px, py, pz, vrot, vtrans, zbufs, out, mask):
-        n_buf, n_views, n_pix = zbufs.shape
-        n_pix -= 1  # the last slot collects points outside the view
-        empty = np.uint64(0xFFFFFFFFFFFFFFFF)
-        for q in prange(n_views * n_pix):
-            v = q // n_pix
-            p = q % n_pix
-            key = zbufs[0, v, p]
-            for k in range(1, n_buf):
-                if zbufs[k, v, p] < key:
-                    key = zbufs[k, v, p]
-            if key == empty:
-                for c in range(4):
-                    out[v, p, c] = 0.0
-                mask[v, p] = False
-                continue
-            i = np.int64(key & np.uint64(0xFFFFFFFF))
-            x, y, z = px[i], py[i], pz[i]
-            out[v, p, 0] = vrot[v, 2, 0] * x + vrot[v, 2, 1] * y + vrot[v, 2, 2] * z + vtrans[v, 2]
-            out[v, p, 1] = x
-            out[v, p, 2] = y
-            out[v, p, 3] = z
-            mask[v, p] = True
+        """Merge the private z-buffers (minimum key) and write depth, XYZ and mask."""
+        n_buf, n_views = zbufs.shape[0], zbufs.shape[1]
+        n_pix = out.shape[1]
+        chunk = 2048
+        n_chunks = (n_pix + chunk - 1) // chunk
+        for q in prange(n_views * n_chunks):
+            v = q // n_chunks
+            p0 = (q - v * n_chunks) * chunk
+            r20, r21, r22, t2 = vrot[v, 2, 0], vrot[v, 2, 1], vrot[v, 2, 2], vtrans[v, 2]
+            for p in range(p0, min(p0 + chunk, n_pix)):
+                key = zbufs[0, v, p]
+                for k in range(1, n_buf):
+                    other = zbufs[k, v, p]
+                    key = other if other < key else key
+                if key == 0xFFFFFFFFFFFFFFFF:
+                    out[v, p, 0] = 0.0
+                    out[v, p, 1] = 0.0
+                    out[v, p, 2] = 0.0
+                    out[v, p, 3] = 0.0
+                    mask[v, p] = False
+                else:
+                    i = key & np.uint64(0xFFFFFFFF)
+                    x, y, z = px[i], py[i], pz[i]
+                    out[v, p, 0] = r20 * x + r21 * y + r22 * z + t2
+                    out[v, p, 1] = x
+                    out[v, p, 2] = y
+                    out[v, p, 3] = z
+                    mask[v, p] = True
 
-    @njit(parallel=True, cache=True)
-    def _compact(px, py, pz, pix, counts, row_first, row_offsets, out, out_pix):
-        for r in prange(counts.shape[0]):
-            src = row_first[r]
-            dst = row_offsets[r]
-            for j in range(counts[r]):
-                out[dst + j, 0] = px[src + j]
-                out[dst + j, 1] = py[src + j]
-                out[dst + j, 2] = pz[src + j]
-                out_pix[dst + j] = pix[src + j]
+    @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def _compact(px, py, pz, row_src, row_width, row_pix, row_dst, out, out_pix):
+        """Copy the valid points (px not NaN) of every row (``row_width[r]`` slots from
+        ``row_src[r]``, flat pixel index from ``row_pix[r]``) to ``out`` (M, 3) / ``out_pix``
+        from ``row_dst[r]`` on, keeping row-major order."""
+        for r in prange(row_src.shape[0]):
+            src = row_src[r]
+            dst = row_dst[r]
+            pix0 = row_pix[r]
+            for c in range(row_width[r]):
+                x = px[src + c]
+                if not np.isnan(x):
+                    out[dst, 0] = x
+                    out[dst, 1] = py[src + c]
+                    out[dst, 2] = pz[src + c]
+                    out_pix[dst] = pix0 + c
+                    dst += 1
 
 
 class NumbaKernels:
@@ -224,29 +358,21 @@ class NumbaKernels:
             self._bufs[name] = b
         return b
 
-    def _render(self, points, row_start, row_count, vrot, vtrans, intr, width, height, near):
-        """points (3, N) SoA; rows of points given by start and count (N.B. not compacted)."""
-        n_views = vrot.shape[0]
+    def _scratch(self, n_views, width, height, n_points):
+        """Private z-buffers (one per worker and view) and projection scratch."""
         n_blocks = max(1, numba.get_num_threads())
-        # blocks of rows with about equal numbers of points
-        cum = np.cumsum(row_count)
-        targets = cum[-1] * np.arange(1, n_blocks) / n_blocks if len(cum) else []
-        block_rows = np.concatenate(
-            [[0], np.searchsorted(cum, targets, side="right"), [len(row_count)]]
-        ).astype(np.int64)
-        zbufs = self._buf("zbufs", (n_blocks, n_views, width * height + 1), np.uint64)
-        _fill(zbufs.reshape(-1), EMPTY_KEY)
-        max_n = int(row_count.max()) if len(row_count) else 1
-        tz = self._buf("tz", (n_blocks, max(max_n, 1)), np.int32)
-        tp = self._buf("tp", (n_blocks, max(max_n, 1)), np.int32)
-        if n_views:
-            _render_rows(
-                points[0], points[1], points[2], row_start, row_count, block_rows, vrot, vtrans,
-                intr, width, height, near, zbufs, tz, tp,
-            )
+        zbufs = self._buf("zbufs", (n_blocks, n_views, width * height), np.uint64)
+        tp = self._buf("tp", (n_blocks, max(n_points, 1)), np.uint32)
+        tk = self._buf("tk", (n_blocks, max(n_points, 1)), np.int32)
+        return zbufs, tp, tk
+
+    @staticmethod
+    def _gather_views(points, vrot, vtrans, zbufs, width, height):
+        n_views = vrot.shape[0]
         out = np.empty((n_views, width * height, 4), np.float32)
         mask = np.empty((n_views, width * height), np.bool_)
-        _gather(points[0], points[1], points[2], vrot, vtrans, zbufs, out, mask)
+        if n_views:
+            _gather(points[0], points[1], points[2], vrot, vtrans, zbufs, out, mask)
         return out.reshape(n_views, height, width, 4), mask.reshape(n_views, height, width)
 
     def fuse_render(
@@ -258,44 +384,88 @@ class NumbaKernels:
         sizes = [c[0].shape for c in cams]
         total = sum(h * w for h, w in sizes)
         rows = sum(h for h, _ in sizes)
-        points = self._buf("points", (3, total), np.float32)
-        pix = self._buf("pix", (total,), np.int32)
+        band_points = _BAND_ROWS * max((w for _, w in sizes), default=1)
+        points = self._buf("points", (3, max(total, 1)), np.float32)
+        zbufs, tp, tk = self._scratch(vrot.shape[0], width, height, band_points)
         counts = np.empty(rows, np.int64)
-        row_start = np.empty(rows, np.int64)
-        first_index, first_row = 0, 0
-        for depth, scale, rays, rot, trans in cams:
+        if not cams:
+            zbufs.fill(EMPTY_KEY)
+        first_index, first_row, firsts = 0, 0, []
+        for i, (depth, scale, rays, rot, trans) in enumerate(cams):
             h, w = depth.shape
-            _fuse_camera(
-                depth, scale, rays, rot, trans, dmin, dmax, lo, hi, first_index,
-                points[0], points[1], points[2], pix, counts[first_row:first_row + h],
+            firsts.append(first_index)
+            _fuse_render_camera(
+                depth,
+                scale,
+                np.ascontiguousarray(rays).reshape(-1),
+                rot,
+                trans,
+                dmin,
+                dmax,
+                lo,
+                hi,
+                first_index,
+                _BAND_ROWS,
+                vrot,
+                vtrans,
+                intr,
+                width,
+                height,
+                near,
+                zbufs,
+                tp,
+                tk,
+                counts[first_row : first_row + h],
+                points[0],
+                points[1],
+                points[2],
+                i == 0,
             )
-            row_start[first_row:first_row + h] = first_index + w * np.arange(h)
             first_index += h * w
             first_row += h
-        images, mask = self._render(
-            points, row_start, counts, vrot, vtrans, intr, width, height, near
-        )
+        images, mask = self._gather_views(points, vrot, vtrans, zbufs, width, height)
         if not want_cloud:
             return images, mask, None
-        offsets = np.zeros(rows, np.int64)
-        np.cumsum(counts[:-1], out=offsets[1:])
-        n = int(counts.sum())
-        xyz, out_pix = np.empty((n, 3), np.float32), np.empty(n, np.int64)
-        _compact(points[0], points[1], points[2], pix, counts, row_start, offsets, xyz, out_pix)
-        parts, r0 = [], 0
+        if not cams:
+            return images, mask, []
+        offsets = np.zeros(rows + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        row_src = np.concatenate(
+            [np.arange(h, dtype=np.int64) * w + f for (h, w), f in zip(sizes, firsts)]
+        )
+        row_width = np.concatenate([np.full(h, w, np.int64) for h, w in sizes])
+        row_pix = np.concatenate([np.arange(h, dtype=np.int64) * w for h, w in sizes])
+        xyz, out_pix = np.empty((offsets[-1], 3), np.float32), np.empty(offsets[-1], np.int64)
+        _compact(
+            points[0], points[1], points[2], row_src, row_width, row_pix, offsets[:-1], xyz, out_pix
+        )
+        parts, first_row = [], 0
         for h, _ in sizes:
-            a, b = offsets[r0], offsets[r0 + h - 1] + counts[r0 + h - 1]
+            a, b = offsets[first_row], offsets[first_row + h]
             parts.append((xyz[a:b], out_pix[a:b]))
-            r0 += h
+            first_row += h
         return images, mask, parts
 
     def render(self, points, vrot, vtrans, intr, width, height, near):
         """Z-buffer an explicit (N, 3) cloud (used after voxel downsampling)."""
         pts = np.ascontiguousarray(np.asarray(points, np.float32).T)
-        n, chunk = pts.shape[1], 1024
-        row_start = np.arange(0, n, chunk, dtype=np.int64)
-        row_count = np.minimum(chunk, n - row_start)
-        return self._render(pts, row_start, row_count, vrot, vtrans, intr, width, height, near)
+        zbufs, tp, tk = self._scratch(vrot.shape[0], width, height, _CHUNK_POINTS)
+        _render_points(
+            pts[0],
+            pts[1],
+            pts[2],
+            _CHUNK_POINTS,
+            vrot,
+            vtrans,
+            intr,
+            width,
+            height,
+            near,
+            zbufs,
+            tp,
+            tk,
+        )
+        return self._gather_views(pts, vrot, vtrans, zbufs, width, height)
 
 
 class NumpyKernels:

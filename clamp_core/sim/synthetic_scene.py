@@ -19,7 +19,7 @@ from ..geometry.transforms import Transform, look_at
 try:
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, cache=True, nogil=True)
     def _raycast_grid(origin, rot, rays, table_half, box_lo, box_hi, depth, hit):
         """Per pixel: ray o + s * R [rx, ry, 1]; s is then the optical-axis depth."""
         height, width = depth.shape
