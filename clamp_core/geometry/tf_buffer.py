@@ -11,6 +11,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .transforms import Transform
 
 
@@ -81,6 +83,7 @@ class TfBuffer:
         self.tolerance_ns = int(extrapolation_tolerance_s * 1e9)
         self._parent: dict[str, str] = {}
         self._static: dict[str, Transform] = {}
+        self._static_matrix: dict[str, np.ndarray] = {}
         self._dynamic: dict[str, _Track] = {}
 
     # ------------------------------------------------------------------ writing
@@ -104,6 +107,7 @@ class TfBuffer:
             self._parent[child] = parent
         if static:
             self._static[child] = transform
+            self._static_matrix.pop(child, None)
             self._dynamic.pop(child, None)
             return
         self._static.pop(child, None)
@@ -223,6 +227,36 @@ class TfBuffer:
         for child in reversed(down):
             t_anc_tgt = t_anc_tgt @ self._link(child, stamp_ns, target, source)
         return t_anc_tgt.inverse() @ t_anc_src
+
+    def lookup_matrix(self, target: str, source: str, stamp_ns: int | None = None) -> np.ndarray:
+        """As :meth:`lookup`, as a (4, 4) float64 matrix; the fast path for per-frame use
+        (link matrices are composed directly, static ones are cached)."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if target == source:
+            if not self.has_frame(target):
+                raise UnknownFrameError(f"frame '{target}' does not exist")
+            return np.eye(4)
+        up, down = self._chain(target, source)
+        if stamp_ns is None:
+            stamp_ns = self.latest_common_time(target, source) or 0
+        m_src = np.eye(4)
+        for child in reversed(up):
+            m_src = m_src @ self._link_matrix(child, stamp_ns, target, source)
+        m_tgt = np.eye(4)
+        for child in reversed(down):
+            m_tgt = m_tgt @ self._link_matrix(child, stamp_ns, target, source)
+        inv = np.eye(4)
+        inv[:3, :3] = m_tgt[:3, :3].T
+        inv[:3, 3] = -m_tgt[:3, :3].T @ m_tgt[:3, 3]
+        return inv @ m_src
+
+    def _link_matrix(self, child: str, stamp_ns: int, target: str, source: str) -> np.ndarray:
+        if child in self._static:
+            m = self._static_matrix.get(child)
+            if m is None:
+                m = self._static_matrix[child] = self._static[child].matrix()
+            return m
+        return self._link(child, stamp_ns, target, source).matrix()
 
     def can_transform(self, target: str, source: str, stamp_ns: int | None = None) -> bool:
         try:

@@ -132,7 +132,7 @@ class PerceptionPipeline:
     # ----------------------------------------------------------------------------- poses
     def camera_pose(self, frame: RgbdFrame, tf: TfBuffer) -> np.ndarray:
         """(4, 4) T_base_cam at the image's stamp (raises TfError)."""
-        return tf.lookup(self.config.base_frame, frame.frame_id, frame.stamp_ns).matrix()
+        return tf.lookup_matrix(self.config.base_frame, frame.frame_id, frame.stamp_ns)
 
     def view_poses(self, tf: TfBuffer | None, stamp_ns: int) -> np.ndarray:
         """(V, 4, 4) T_base_view of every virtual camera at ``stamp_ns`` (raises TfError)."""
@@ -141,7 +141,7 @@ class PerceptionPipeline:
             if v.attached:
                 if tf is None:
                     raise PerceptionError(f"view '{v.name}' is attached to a frame but no tf given")
-                t = tf.lookup(self.config.base_frame, v.attach_frame, stamp_ns).matrix()
+                t = tf.lookup_matrix(self.config.base_frame, v.attach_frame, stamp_ns)
                 poses.append(t @ self._offsets[v.name])
             else:
                 poses.append(self._fixed[v.name])

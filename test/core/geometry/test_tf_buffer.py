@@ -472,6 +472,9 @@ def test_random_trees_match_matrix_products(seed):
             ) @ oracle_root_from(source, parent, static, data, stamps, t)
             got = tf.lookup(target, source, t)
             assert_tf_close(got, expected, atol=1e-8)
+            # the matrix fast path agrees (twice: the second call uses cached static links)
+            for _ in range(2):
+                np.testing.assert_allclose(tf.lookup_matrix(target, source, t), expected, atol=1e-8)
             # apply() agrees with the matrix on points
             pts = rng.uniform(-1, 1, size=(4, 3))
             np.testing.assert_allclose(
