@@ -251,31 +251,32 @@ def bench_perception(
     o3d_points: dict[str, list[int]] = {v: [] for v in baselines}
     our_points: list[int] = []
     order = list(baselines)
-    for i, fs in enumerate(
-        tqdm(
-            sets,
-            desc="time ours vs open3d" if baselines else "time ours",
-            file=sys.stderr,
-            disable=not progress,
-        )
-    ):
-        # alternate who goes first so slow drifts of a noisy machine hit both sides alike
-        runs = ["ours", *order] if i % 2 == 0 else [*order[::-1], "ours"]
-        outs = {}
-        for name in runs:
+    # Each side is timed in its own pass over the same frames: interleaving them per frame let
+    # one library's idle worker threads and cache footprint slow the other down, which is not
+    # how either runs on a robot. Agreement is computed afterwards, untimed.
+    bar = tqdm(
+        total=len(sets) * (1 + len(order)),
+        file=sys.stderr,
+        disable=not progress,
+        desc="time ours, then open3d" if baselines else "time ours",
+    )
+    for fs in sets:
+        t0 = time.perf_counter()
+        pipe.process(fs, tf)
+        ours_ms.append((time.perf_counter() - t0) * 1e3)
+        bar.update(1)
+    for name in order:
+        for fs in sets:
             t0 = time.perf_counter()
-            if name == "ours":
-                res = pipe.process(fs, tf)
-            else:
-                res = baselines[name].process(fs, tf)
-            dt = (time.perf_counter() - t0) * 1e3
-            (ours_ms if name == "ours" else o3d_ms[name]).append(dt)
-            outs[name] = res
-        # untimed: fused point count and agreement of the rendered depth
+            baselines[name].process(fs, tf)
+            o3d_ms[name].append((time.perf_counter() - t0) * 1e3)
+            bar.update(1)
+    bar.close()
+    for fs in sets:
         our_points.append(len(pipe.fuse(fs, [pipe.camera_pose(f, tf) for f in fs]).xyz))
-        views = outs["ours"].views
+        views = pipe.process(fs, tf).views
         for name in order:
-            images, mask, n_points = outs[name]
+            images, mask, n_points = baselines[name].process(fs, tf)
             o3d_points[name].append(n_points)
             agree[name].append(compare_views(views.images, views.mask, images, mask))
 
