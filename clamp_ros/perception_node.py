@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import collections
 import re
+import sys
 import threading
 import time
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -131,26 +133,43 @@ class PerceptionNode(Node):
         self.rates = {s: RateMeter() for s in streams}
         self.out_rate = RateMeter()
         self.latency = LatencyStats()  # set complete -> views published (processing)
+        self.split = {k: LatencyStats() for k in ("tf_wait_ms", "fuse_render_ms", "publish_ms")}
         self.age = LatencyStats()  # reference stamp -> views published (end to end, ROS clock)
         self.drops: collections.Counter = collections.Counter()
 
         qos = image_qos(qos_name)
+        # separate groups keep tf and diagnostics independent of a backlog of images if the node
+        # is ever spun by a multi-threaded executor (e.g. composed with other nodes)
+        cameras_group = MutuallyExclusiveCallbackGroup()
+        tf_group = MutuallyExclusiveCallbackGroup()
         self._subs = []
         for c in cfg.cameras:
             self._subs.append(
                 self.create_subscription(
-                    Image, c.depth_topic, lambda m, n=c.name: self.on_depth(n, m), qos
+                    Image,
+                    c.depth_topic,
+                    lambda m, n=c.name: self.on_depth(n, m),
+                    qos,
+                    callback_group=cameras_group,
                 )
             )
             self._subs.append(
                 self.create_subscription(
-                    CameraInfo, c.info_topic, lambda m, n=c.name: self.on_info(n, m, False), qos
+                    CameraInfo,
+                    c.info_topic,
+                    lambda m, n=c.name: self.on_info(n, m, False),
+                    qos,
+                    callback_group=cameras_group,
                 )
             )
             if c.use_color:
                 self._subs.append(
                     self.create_subscription(
-                        Image, c.color_topic, lambda m, n=c.name: self.on_color(n, m), qos
+                        Image,
+                        c.color_topic,
+                        lambda m, n=c.name: self.on_color(n, m),
+                        qos,
+                        callback_group=cameras_group,
                     )
                 )
             if not c.registered:
@@ -160,11 +179,16 @@ class PerceptionNode(Node):
                         c.depth_info_topic,
                         lambda m, n=c.name: self.on_info(n, m, True),
                         qos,
+                        callback_group=cameras_group,
                     )
                 )
-        self._subs.append(self.create_subscription(TFMessage, "/tf", self.on_tf, TF_QOS))
         self._subs.append(
-            self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS)
+            self.create_subscription(TFMessage, "/tf", self.on_tf, TF_QOS, callback_group=tf_group)
+        )
+        self._subs.append(
+            self.create_subscription(
+                TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS, callback_group=tf_group
+            )
         )
 
         self.view_pubs = {
@@ -174,7 +198,9 @@ class PerceptionNode(Node):
             self.create_publisher(PointCloud2, "fused_points", 2) if self.publish_cloud else None
         )
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(diag_period, self.on_diagnostics)
+        self.create_timer(
+            diag_period, self.on_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
+        )
 
         self._pending: SyncedSet | None = None
         self._cv = threading.Condition()
@@ -350,6 +376,7 @@ class PerceptionNode(Node):
                         self.tf_lock.wait(timeout=remaining)  # like tf2's message filter
                         continue
                     return self._drop_tf(frames, synced.stamp_ns)
+        t1 = time.perf_counter()
         try:
             result = self.pipeline.process_posed(
                 frames,
@@ -361,6 +388,7 @@ class PerceptionNode(Node):
             )
         except PerceptionError as e:
             return self._drop("frame", "bad_frame", str(e))
+        t2 = time.perf_counter()
         header = Header(stamp=ns_to_stamp(synced.stamp_ns), frame_id=self.config.base_frame)
         for name, img in zip(result.views.names, result.views.images):
             self.view_pubs[name].publish(image_msg(img, "32FC4", header))
@@ -371,7 +399,11 @@ class PerceptionNode(Node):
                 xyz, rgb = xyz[::step], (rgb[::step] if rgb is not None else None)
             self.cloud_pub.publish(cloud_msg(xyz, rgb, header))
         self.out_rate.tick()
-        self.latency.add((time.perf_counter() - t0) * 1e3)
+        t3 = time.perf_counter()
+        self.latency.add((t3 - t0) * 1e3)
+        self.split["tf_wait_ms"].add((t1 - t0) * 1e3)
+        self.split["fuse_render_ms"].add((t2 - t1) * 1e3)
+        self.split["publish_ms"].add((t3 - t2) * 1e3)
         now_ns = self.get_clock().now().nanoseconds
         self.age.add((now_ns - synced.stamp_ns) * 1e-6)
 
@@ -398,7 +430,11 @@ class PerceptionNode(Node):
                 f"no views are published until it returns",
             )
         values.append(KeyValue(key="views rate_hz", value=f"{self.out_rate.rate_hz(now):.1f}"))
-        for name, stats in (("processing_ms", self.latency), ("stamp_to_publish_ms", self.age)):
+        for name, stats in (
+            ("processing_ms", self.latency),
+            ("stamp_to_publish_ms", self.age),
+            *self.split.items(),
+        ):
             for q in (50, 95):
                 v = stats.percentile(q)
                 values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
@@ -440,17 +476,24 @@ def _has_valid_depth(depth: np.ndarray) -> bool:
 
 
 def main(args=None) -> None:
+    # the worker re-takes the GIL between kernels; with image callbacks holding it, the default
+    # 5 ms switch interval made every hand-over cost up to 5 ms
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=args)
     node = None
+    executor = SingleThreadedExecutor()
     try:
         node = PerceptionNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as e:
         print(f"[perception] configuration error: {e}", flush=True)
         raise SystemExit(2) from e
     finally:
+        # stop the callback threads before the node goes away, or shutdown can hang
+        executor.shutdown(timeout_sec=2.0)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

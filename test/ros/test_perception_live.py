@@ -25,6 +25,7 @@ pytestmark = pytest.mark.ros
 
 W, H = 320, 240
 SCENE_PARAMS = {"width": W, "height": H, "rate_hz": 5.0}
+PERCEPTION_PARAMS = {"publish_cloud": True}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def live(ros_domain_id, tmp_path_factory):
     procs = []
     try:
         for spec in GRAPHS["synthetic_demo"]:
-            extra = SCENE_PARAMS if spec.executable == "synthetic_scene_node" else {}
+            extra = SCENE_PARAMS if spec.executable == "synthetic_scene_node" else PERCEPTION_PARAMS
             procs.append(start_process(node_command(spec, extra), env, tmp / f"{spec.name}.log"))
         with rclpy_session(env, "live_checker") as node:
             yield node, procs
