@@ -21,10 +21,8 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -55,7 +53,7 @@ from .conversions import (
     stamp_to_ns,
 )
 from .params import declare, declare_perception_config
-from .util import KeyedThrottle, LatencyStats, RateMeter
+from .util import KeyedThrottle, LatencyStats, RateMeter, run_node
 
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(
@@ -479,25 +477,7 @@ def main(args=None) -> None:
     # the worker re-takes the GIL between kernels; with image callbacks holding it, the default
     # 5 ms switch interval made every hand-over cost up to 5 ms
     sys.setswitchinterval(0.0005)
-    rclpy.init(args=args)
-    node = None
-    executor = SingleThreadedExecutor()
-    try:
-        node = PerceptionNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as e:
-        print(f"[perception] configuration error: {e}", flush=True)
-        raise SystemExit(2) from e
-    finally:
-        # stop the callback threads before the node goes away, or shutdown can hang
-        executor.shutdown(timeout_sec=2.0)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(PerceptionNode, args, "perception")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ camera mounts on ``/tf_static``.
 
 from __future__ import annotations
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -23,6 +21,7 @@ from clamp_core.sim.synthetic_scene import SyntheticScene
 from .conversions import image_msg, info_from_camera, ns_to_stamp, transform_msg
 from .params import declare
 from .perception_node import TF_QOS, TF_STATIC_QOS
+from .util import run_node
 
 
 class SyntheticSceneNode(Node):
@@ -106,18 +105,7 @@ class SyntheticSceneNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SyntheticSceneNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(SyntheticSceneNode, args, "synthetic_scene")
 
 
 if __name__ == "__main__":

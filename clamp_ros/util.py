@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 
 
 class KeyedThrottle:
@@ -78,3 +79,35 @@ class LatencyStats:
 
     def __len__(self) -> int:
         return len(self._samples)
+
+
+def run_node(make_node: Callable, args=None, name: str = "node") -> None:
+    """The body of every node executable: init, build the node, spin until Ctrl-C or shutdown,
+    then tear down in the order that never hangs. A ValueError while building the node (a bad
+    parameter) is printed as one line and exits with status 2."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    executor = SingleThreadedExecutor()
+    config_error = False
+    try:
+        node = make_node()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as e:
+        if node is not None:
+            raise
+        print(f"[{name}] configuration error: {e}", flush=True)
+        config_error = True
+    finally:
+        executor.shutdown(timeout_sec=2.0)  # stop callbacks before the node goes away
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    if config_error:
+        raise SystemExit(2)

@@ -327,3 +327,16 @@ def test_camera_that_stops_publishing_is_reported_stale(rig):
     good = r.send_good_set()
     r.expect_views(good)
     assert proc.poll() is None
+
+
+def test_invalid_parameter_stops_the_node_with_a_clear_error(ros_env, tmp_path):
+    cmd = [executable_path("perception_node"), "--ros-args", "-p", "perception.backend:=cuda"]
+    proc = start_process(cmd, ros_env, tmp_path / "perception.log")
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "perception.log").read_text()
+    assert code == 2, log
+    assert "configuration error" in log and "backend 'cuda'" in log
+    assert "Traceback" not in log
