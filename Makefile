@@ -9,6 +9,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 # big images over best-effort QoS need Fast DDS's large-data transports (see docs/troubleshooting)
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 export OMP_WAIT_POLICY ?= PASSIVE
+# MuJoCo renders offscreen through EGL (Mesa on machines without a GPU)
+export MUJOCO_GL ?= egl
 
 SETUP_INPUTS := requirements.txt setup.py setup.cfg package.xml tools/setup.sh tools/build_msgs.sh \
                 $(wildcard tools/msgs/*/msg/*.msg tools/msgs/*/CMakeLists.txt)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from clamp_core.geometry import TfBuffer
-from clamp_core.geometry.image import encode_depth_mm
-from clamp_core.perception import RgbdFrame
-from clamp_core.sim.synthetic_scene import SyntheticScene
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: offscreen rendering
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from clamp_core.geometry import TfBuffer  # noqa: E402
+from clamp_core.geometry.image import encode_depth_mm  # noqa: E402
+from clamp_core.perception import RgbdFrame  # noqa: E402
+from clamp_core.sim.synthetic_scene import SyntheticScene  # noqa: E402
 
 
 def scene_tf(scene: SyntheticScene, stamp_ns: int, span_ns: int = 100_000_000) -> TfBuffer:
