@@ -138,6 +138,16 @@ class AlohaSim:
             c = parent.add_camera(name=cam.name, pos=pos, fovy=cam.fovy_deg)
             c.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
             c.alt.xyaxes = _xyaxes(pos, target)
+        # the table mesh is a 3 cm shell that a gripper pressing on an object can push things
+        # through: back it with a thick invisible box whose top is the table top (z = 0)
+        spec.worldbody.add_geom(
+            name="table_collision",
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[0.61, 0.38, 0.05],
+            pos=[*TABLE_CENTRE_MJ[:2], -0.05],
+            rgba=[0, 0, 0, 0],
+            group=3,
+        )
         for side in SIDES:  # tool centre point between the finger tips
             spec.body(f"vx300s_{side}/gripper_link").add_site(
                 name=f"{side}_tcp", pos=[0.155, 0.0, 0.0], size=[0.005, 0, 0]
