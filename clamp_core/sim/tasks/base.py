@@ -87,20 +87,33 @@ def add_free_box(spec, name: str, half_size, rgba, mass: float = 0.05, friction=
 
 
 class ArmMover:
-    """Closed-loop Cartesian motion of one arm: each call re-solves IK toward the current goal
-    (from the measured joints) and returns joint targets moved at most ``max_step`` rad."""
+    """Closed-loop Cartesian motion of one arm. Each call moves the goal for this step at most
+    ``max_speed`` along the straight line from the measured tool centre point toward the target,
+    re-solves IK from the commanded joints, and scales the joint step as a whole (clipping
+    joints one by one would bend the path, e.g. into the table)."""
 
-    def __init__(self, sim: AlohaSim, side: str, max_step: float = 0.04):
-        self.sim, self.side, self.max_step = sim, side, max_step
+    def __init__(
+        self, sim: AlohaSim, side: str, max_speed: float = 0.012, max_joint_step: float = 0.06
+    ):
+        self.sim, self.side = sim, side
+        self.max_speed, self.max_joint_step = max_speed, max_joint_step
         self.index = 0 if side == "left" else 7
 
     def toward(self, q_cmd: np.ndarray, xyz, yaw: float = 0.0, pitch: float = np.pi / 2):
         """Update ``q_cmd`` (14,) in place for this arm; returns the TCP's distance to goal (m)."""
+        xyz = np.asarray(xyz, float)
+        here = self.sim.site_pose(f"{self.side}_tcp")[:3, 3]
+        delta = xyz - here
+        dist = float(np.linalg.norm(delta))
+        waypoint = xyz if dist <= self.max_speed else here + delta * (self.max_speed / dist)
         goal = np.eye(4)
         goal[:3, :3] = grasp_orientation(self.side, yaw, pitch)
-        goal[:3, 3] = xyz
+        goal[:3, 3] = waypoint
         i = self.index
         q_goal, _ = self.sim.solve_ik(self.side, goal, q_cmd[i : i + 6])
-        step = np.clip(q_goal - q_cmd[i : i + 6], -self.max_step, self.max_step)
-        q_cmd[i : i + 6] += step
-        return float(np.linalg.norm(self.sim.site_pose(f"{self.side}_tcp")[:3, 3] - xyz))
+        dq = q_goal - q_cmd[i : i + 6]
+        biggest = float(np.abs(dq).max())
+        if biggest > self.max_joint_step:
+            dq *= self.max_joint_step / biggest
+        q_cmd[i : i + 6] += dq
+        return dist

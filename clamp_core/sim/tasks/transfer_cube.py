@@ -7,7 +7,7 @@ import numpy as np
 from ..aloha import START_POSE, AlohaSim
 from .base import ArmMover, Task, add_free_box, set_free_body
 
-CUBE_HALF = 0.02
+CUBE_HALF = 0.016
 
 
 class TransferCube(Task):
@@ -90,6 +90,8 @@ class _TransferExpert:
         heading = -yaw if side == "right" else yaw
         self.t += 1
         grasped = self.task._grasped_by(sim, side)
+        # contacts flicker from step to step: judge "still holding" by where the cube is
+        holding = np.linalg.norm(c - sim.site_pose(f"{side}_tcp")[:3, 3]) < 0.03
         if phase == "approach":
             q[g] = 1.0
             if arm.toward(q, c + [0, 0, 0.08], heading) < 0.01 or self.t > 80:
@@ -108,7 +110,7 @@ class _TransferExpert:
                 if side == "left"
                 else np.array([*self.HANDOVER, self.LIFT])
             )
-            if not grasped and self.t > 10:
+            if not holding:
                 self._go(side, "approach")  # lost it: start over from wherever it is
             elif side == "right" and arm.toward(q, goal, heading) < 0.01:
                 self._go(side, "set_down")
@@ -121,7 +123,8 @@ class _TransferExpert:
             q[13] = 1.0
             if self.t > 12:
                 self._go(side, "retreat")
-        elif phase == "retreat":
-            if arm.toward(q, [*self.HANDOVER, 0.2], heading) < 0.02 or self.t > 40:
+        elif phase == "retreat":  # up, then back to its own side, out of the left arm's way
+            goal = [*self.HANDOVER, 0.15] if self.t < 15 else [0.25, -0.05, 0.2]
+            if arm.toward(q, goal, heading) < 0.03 and self.t >= 15 or self.t > 80:
                 self._go("left", "approach")
         return q.copy()
