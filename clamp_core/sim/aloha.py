@@ -139,7 +139,10 @@ class AlohaSim:
             c.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
             c.alt.xyaxes = _xyaxes(pos, target)
         # the table mesh is a 3 cm shell that a gripper pressing on an object can push things
-        # through: back it with a thick invisible box whose top is the table top (z = 0)
+        # through: collide with a thick invisible box whose top is the table top (z = 0)
+        # instead (both at once made resting objects jump)
+        table = spec.geom("table")
+        table.contype, table.conaffinity = 0, 0
         spec.worldbody.add_geom(
             name="table_collision",
             type=mujoco.mjtGeom.mjGEOM_BOX,

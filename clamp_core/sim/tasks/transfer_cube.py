@@ -94,7 +94,7 @@ class _TransferExpert:
         holding = np.linalg.norm(c - sim.site_pose(f"{side}_tcp")[:3, 3]) < 0.03
         if phase == "approach":
             q[g] = 1.0
-            if arm.toward(q, c + [0, 0, 0.08], heading) < 0.01 or self.t > 80:
+            if arm.toward(q, c + [0, 0, 0.08], heading) < 0.01 or self.t > 120:
                 self._go(side, "descend")
         elif phase == "descend":
             if arm.toward(q, c + [0, 0, 0.01], heading) < 0.006 or self.t > 50:
@@ -124,7 +124,8 @@ class _TransferExpert:
             if self.t > 12:
                 self._go(side, "retreat")
         elif phase == "retreat":  # up, then back to its own side, out of the left arm's way
-            goal = [*self.HANDOVER, 0.15] if self.t < 15 else [0.25, -0.05, 0.2]
-            if arm.toward(q, goal, heading) < 0.03 and self.t >= 15 or self.t > 80:
+            high = sim.site_pose("right_tcp")[2, 3] > 0.12
+            goal = [0.25, -0.05, 0.2] if high else [*self.HANDOVER, 0.16]
+            if arm.toward(q, goal, heading) < 0.03 and high or self.t > 120:
                 self._go("left", "approach")
         return q.copy()
