@@ -14,7 +14,7 @@ class TransferCube(Task):
     name = "transfer_cube"
     instruction = "pick up the red cube with the right arm and hand it over to the left arm"
     object_names = ("cube",)
-    max_steps = 400
+    max_steps = 600
 
     def build(self, spec) -> None:
         add_free_box(spec, "cube", [CUBE_HALF] * 3, [0.9, 0.1, 0.1, 1])
