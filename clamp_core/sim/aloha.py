@@ -138,18 +138,14 @@ class AlohaSim:
             c = parent.add_camera(name=cam.name, pos=pos, fovy=cam.fovy_deg)
             c.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
             c.alt.xyaxes = _xyaxes(pos, target)
-        # the table mesh is a 3 cm shell that a gripper pressing on an object can push things
-        # through: collide with a thick invisible box whose top is the table top (z = 0)
-        # instead (both at once made resting objects jump)
+        # the table mesh is a 3 cm shell that a gripper pressing on an object pushes things
+        # through, and a big box under small ones gives too few contact points (objects rock and
+        # walk): objects collide with an invisible plane at the table top (z = 0) instead
         table = spec.geom("table")
         table.contype, table.conaffinity = 0, 0
         spec.worldbody.add_geom(
-            name="table_collision",
-            type=mujoco.mjtGeom.mjGEOM_BOX,
-            size=[0.61, 0.38, 0.05],
-            pos=[*TABLE_CENTRE_MJ[:2], -0.05],
-            rgba=[0, 0, 0, 0],
-            group=3,
+            name="table_collision", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[0.61, 0.38, 0.01],
+            pos=[*TABLE_CENTRE_MJ[:2], 0.0], rgba=[0, 0, 0, 0], group=3,
         )
         for side in SIDES:  # tool centre point between the finger tips
             spec.body(f"vx300s_{side}/gripper_link").add_site(
