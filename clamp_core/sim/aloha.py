@@ -144,8 +144,12 @@ class AlohaSim:
         table = spec.geom("table")
         table.contype, table.conaffinity = 0, 0
         spec.worldbody.add_geom(
-            name="table_collision", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[0.61, 0.38, 0.01],
-            pos=[*TABLE_CENTRE_MJ[:2], 0.0], rgba=[0, 0, 0, 0], group=3,
+            name="table_collision",
+            type=mujoco.mjtGeom.mjGEOM_PLANE,
+            size=[0.61, 0.38, 0.01],
+            pos=[*TABLE_CENTRE_MJ[:2], 0.0],
+            rgba=[0, 0, 0, 0],
+            group=3,
         )
         for side in SIDES:  # tool centre point between the finger tips
             spec.body(f"vx300s_{side}/gripper_link").add_site(

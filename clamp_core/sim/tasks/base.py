@@ -64,19 +64,34 @@ def set_free_body(sim: AlohaSim, body: str, xyz_base, yaw: float = 0.0) -> None:
     sim.data.qvel[sim.model.jnt_dofadr[jid] : sim.model.jnt_dofadr[jid] + 6] = 0.0
 
 
-def add_free_box(spec, name: str, half_size, rgba, mass: float = 0.05,
-                 friction=(1.0, 0.005, 0.0001), inertia: float = 0.002):
-    """A free box. Inertia is explicit (the robot model computes inertia only from its own geom
-    groups) and, as in ALOHA's original simulation, far above a solid box's: small light
-    objects otherwise start to rock and walk on the table by themselves."""
+def add_free_box(
+    spec, name: str, half_size, rgba, mass: float = 0.05, friction=(1.0, 0.005, 0.0001)
+):
+    """A free box of uniform density. Inertia is explicit, centred on the box (the robot
+    model's compiler computes inertia only from its own geom groups)."""
     import mujoco
 
-    body = spec.worldbody.add_body(name=name, pos=[0, 0, 0.5], mass=mass,
-                                   inertia=[inertia] * 3, explicitinertial=True)
+    hx, hy, hz = half_size
+    inertia = [mass / 3 * (hy**2 + hz**2), mass / 3 * (hx**2 + hz**2), mass / 3 * (hx**2 + hy**2)]
+    body = spec.worldbody.add_body(
+        name=name,
+        pos=[0, 0, 0.5],
+        ipos=[0, 0, 0],
+        mass=mass,
+        inertia=inertia,
+        explicitinertial=True,
+    )
     body.add_freejoint(name=f"{name}_joint")
-    body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_BOX, size=list(half_size),
-                  rgba=list(rgba), friction=list(friction), condim=4, solref=[0.01, 1],
-                  solimp=[0.95, 0.99, 0.001, 0.5, 2])
+    body.add_geom(
+        name=name,
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=list(half_size),
+        rgba=list(rgba),
+        friction=list(friction),
+        condim=4,
+        solref=[0.01, 1],
+        solimp=[0.95, 0.99, 0.001, 0.5, 2],
+    )
     return body
 
 

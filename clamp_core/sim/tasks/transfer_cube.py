@@ -117,7 +117,10 @@ class _TransferExpert:
             elif side == "left":
                 arm.toward(q, goal, heading)
         elif phase == "set_down":
-            if arm.toward(q, [*self.HANDOVER, 0.025], heading) < 0.006 or self.t > 60:
+            # lower until the cube is 3 mm above the table: pressing it down would twist it
+            offset = sim.site_pose("right_tcp")[2, 3] - c[2]
+            goal = [*self.HANDOVER, CUBE_HALF + 0.003 + offset]
+            if arm.toward(q, goal, heading) < 0.004 or self.t > 60:
                 self._go(side, "open")
         elif phase == "open":
             q[13] = 1.0
