@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -33,6 +34,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     check.add_argument("dir", help="dataset directory (searched recursively) or one .hdf5 file")
     check.add_argument("--json", action="store_true", help="print one JSON object only")
     check.set_defaults(func=cmd_data_check)
+
+    gen = sub.add_parser("generate", help="expert episodes from the MuJoCo tasks (HDF5)")
+    which = gen.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", help="task id (see `clamp generate --list`)")
+    which.add_argument("--all-tasks", action="store_true", help="every task")
+    which.add_argument("--list", action="store_true", help="list the task ids and exit")
+    gen.add_argument("--episodes", type=int, default=10, help="episodes (seeds) per task")
+    gen.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed..seed+N-1")
+    gen.add_argument("--out", default="data", help="output folder (<out>/<task>/episode_*.hdf5)")
+    gen.add_argument("--workers", type=int, default=1, help="worker processes")
+    gen.add_argument("--width", type=int, default=640)
+    gen.add_argument("--height", type=int, default=480)
+    gen.add_argument("--json", action="store_true", help="print the summary as JSON")
+    gen.set_defaults(func=cmd_generate)
+
+    sim = bench_sub.add_parser("sim", help="simulation control steps per second per worker")
+    sim.add_argument("--task", default="transfer_cube")
+    sim.add_argument("--steps", type=int, default=100)
+    sim.add_argument("--episodes", type=int, default=4, help="episodes per generation run")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_bench_sim)
     return parser, sub
 
 
@@ -70,6 +92,75 @@ def cmd_data_check(args) -> int:
     else:
         print(format_report(summary, problems))
     return 1 if problems else 0
+
+
+def cmd_generate(args) -> int:
+    from .data.episode import EpisodeWriteError
+    from .sim.generate import Job, check_output_dir, generate
+    from .sim.tasks import TASKS, make_task
+
+    if args.list:
+        for name in sorted(TASKS):
+            print(f"{name:24s} {TASKS[name].instruction}")
+        return 0
+    names = sorted(TASKS) if args.all_tasks else [args.task]
+    for n in names:
+        make_task(n)  # unknown names fail here, before any work
+    if args.seed < 0 or args.episodes < 1 or args.workers < 1:
+        print("clamp generate: --seed must be >= 0, --episodes and --workers >= 1", file=sys.stderr)
+        return 2
+    try:
+        check_output_dir(args.out)
+    except EpisodeWriteError as e:
+        print(f"clamp generate: {e}", file=sys.stderr)
+        return 1
+    jobs = [
+        Job(n, s, args.out, args.width, args.height)
+        for n in names
+        for s in range(args.seed, args.seed + args.episodes)
+    ]
+    t0 = time.perf_counter()
+    summary: dict = {}
+    errors = []
+    for r in generate(jobs, args.workers, progress=not args.json):
+        row = summary.setdefault(r.task, {"written": 0, "skipped": 0, "failed": 0, "error": 0})
+        row[r.status] += 1
+        if r.status == "error":
+            errors.append(f"{r.task} seed {r.seed}: {r.message}")
+    elapsed = time.perf_counter() - t0
+    out = {
+        "tasks": summary,
+        "seconds": round(elapsed, 1),
+        "workers": args.workers,
+        "out": args.out,
+        "errors": errors,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{'task':24s} {'written':>8s} {'skipped':>8s} {'failed':>7s} {'error':>6s}")
+        for n, row in summary.items():
+            print(
+                f"{n:24s} {row['written']:8d} {row['skipped']:8d} {row['failed']:7d} "
+                f"{row['error']:6d}"
+            )
+        print(f"{elapsed:.1f} s with {args.workers} worker(s); episodes in {args.out}/<task>/")
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_bench_sim(args) -> int:
+    from .sim.bench import bench_sim
+
+    result = bench_sim(args.task, args.steps, args.episodes, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(result["metric"])
+    print(f"  ours {result['ours']:.1f} {result['unit']}")
+    print(json.dumps(result["config"], indent=2))
+    return 0
 
 
 def main(argv=None, parser=None) -> int:

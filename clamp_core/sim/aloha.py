@@ -9,6 +9,7 @@ the x axis facing each other, the robot's front towards -y. Cameras use the opti
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,10 @@ TABLE_CENTRE_MJ = np.array([0.0, 0.6, 0.0])
 """Origin of the base frame in MuJoCo's world frame."""
 CONTROL_DT = 0.02
 CAMERA_NAMES = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
+
+# offscreen rendering without a display: EGL (Mesa's software driver on machines without a
+# GPU); MuJoCo reads this when it is first imported
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 class SimError(ValueError):
@@ -180,7 +185,6 @@ class AlohaSim:
             c.name: PinholeCamera.from_fov(width, height, c.fovy_deg) for c in self.cameras
         }
         self._renderer = None
-        self._depth_renderer = None
         self.render_enabled = render
         self.time_s = 0.0
 
@@ -288,24 +292,23 @@ class AlohaSim:
         return m
 
     # ------------------------------------------------------------------ rendering
-    def _renderers(self):
+    def _renderer_for(self):
         if self._renderer is None:
             r = self.mj.Renderer(self.model, self.height, self.width)
-            d = self.mj.Renderer(self.model, self.height, self.width)
-            for x in (r, d):
-                x.scene.flags[self.mj.mjtRndFlag.mjRND_SHADOW] = 0
-                x.scene.flags[self.mj.mjtRndFlag.mjRND_REFLECTION] = 0
-            d.enable_depth_rendering()
-            self._renderer, self._depth_renderer = r, d
-        return self._renderer, self._depth_renderer
+            r.scene.flags[self.mj.mjtRndFlag.mjRND_SHADOW] = 0
+            r.scene.flags[self.mj.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderer = r
+        return self._renderer
 
     def render(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB (H, W, 3) uint8, depth (H, W) float32 m along the optical axis, 0 = nothing)."""
-        rgb_r, depth_r = self._renderers()
-        rgb_r.update_scene(self.data, camera=name)
-        rgb = rgb_r.render().copy()
-        depth_r.update_scene(self.data, camera=name)
-        depth = depth_r.render().astype(np.float32)
+        """(RGB (H, W, 3) uint8, depth (H, W) float32 m along the optical axis, 0 = nothing).
+        One scene update serves both passes."""
+        r = self._renderer_for()
+        r.update_scene(self.data, camera=name)
+        rgb = r.render().copy()
+        r.enable_depth_rendering()
+        depth = r.render().astype(np.float32)
+        r.disable_depth_rendering()
         far = self.model.vis.map.zfar * self.model.stat.extent
         depth[depth >= 0.99 * far] = 0.0  # background
         return rgb, depth
@@ -319,10 +322,9 @@ class AlohaSim:
         return frame
 
     def close(self) -> None:
-        for r in (self._renderer, self._depth_renderer):
-            if r is not None:
-                r.close()
-        self._renderer = self._depth_renderer = None
+        if self._renderer is not None:
+            self._renderer.close()
+        self._renderer = None
 
     # ------------------------------------------------------------------ inverse kinematics
     def solve_ik(

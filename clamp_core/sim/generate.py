@@ -1,0 +1,180 @@
+"""Expert data generation: one HDF5 episode per (task, seed), in parallel worker processes.
+
+Each episode is first simulated without cameras (physics is cheap, rendering is not); only if
+the expert succeeds is it replayed - MuJoCo is deterministic, so identically - with the four
+RGB-D cameras and written. Failed expert episodes are counted and leave no file. Episodes whose
+file is already complete are skipped, so an interrupted run resumes where it stopped; files are
+published atomically by ``EpisodeWriter``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.episode import (
+    CameraCalib,
+    EpisodeMeta,
+    EpisodeWriteError,
+    EpisodeWriter,
+    episode_path,
+    is_complete,
+)
+from ..geometry.image import encode_depth_mm
+from .aloha import CONTROL_DT, JOINT_NAMES, SimError
+from .tasks import make_task
+
+HOLD_AFTER_SUCCESS = 25
+"""Steps recorded after the success detector fires (0.5 s of the goal state)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    seed: int
+    out_dir: str
+    width: int = 640
+    height: int = 480
+    compression: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    task: str
+    seed: int
+    status: str
+    """written | skipped | failed (the expert did not succeed) | error."""
+    frames: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+_SIMS: dict = {}  # per worker process: (task name, size) -> (task, sim)
+
+
+def _task_sim(name: str, width: int, height: int):
+    key = (name, width, height)
+    if key not in _SIMS:
+        task = make_task(name)
+        _SIMS[key] = (task, task.make_sim(width=width, height=height))
+    return _SIMS[key]
+
+
+def _rollout(task, sim, seed: int, record=None) -> tuple[bool, int]:
+    """Run the expert from ``seed``; ``record(step, frame, action)`` is called before each step
+    when given. Returns (success, steps)."""
+    task.reset(sim, seed)
+    expert = task.expert(sim, np.random.default_rng(seed))
+    done_at = None
+    for step in range(task.max_steps):
+        action = expert.act(sim)
+        if record is not None:
+            record(step, sim.observe(render=True), action)
+        sim.step(action)
+        if done_at is None and task.success(sim):
+            done_at = step
+        if done_at is not None and step - done_at >= HOLD_AFTER_SUCCESS:
+            return True, step + 1
+    return done_at is not None, task.max_steps
+
+
+def run_job(job: Job) -> JobResult:
+    t0 = time.perf_counter()
+    path = episode_path(job.out_dir, job.task, job.seed)
+    if is_complete(path):
+        return JobResult(job.task, job.seed, "skipped")
+    try:
+        task, sim = _task_sim(job.task, job.width, job.height)
+        ok, _ = _rollout(task, sim, job.seed)
+        if not ok:
+            return JobResult(job.task, job.seed, "failed", seconds=time.perf_counter() - t0)
+        meta = EpisodeMeta(
+            task=task.name,
+            instruction=task.instruction,
+            sim=True,
+            fps=1.0 / CONTROL_DT,
+            seed=job.seed,
+            joint_names=list(JOINT_NAMES),
+            camera_names=[c.name for c in sim.cameras],
+            object_names=list(task.object_names),
+            writer="clamp generate",
+        )
+        cams = [CameraCalib.from_pinhole(n, sim.intrinsics[n]) for n in meta.camera_names]
+        with EpisodeWriter(path, meta, cams, create_dirs=True) as writer:
+
+            def record(step, frame, action):
+                writer.add_frame(
+                    stamp_ns=int(round(step * CONTROL_DT * 1e9)),
+                    qpos=frame.qpos,
+                    qvel=frame.qvel,
+                    effort=frame.effort,
+                    action=action,
+                    images=frame.images,
+                    depth_mm={k: encode_depth_mm(v) for k, v in frame.depth_m.items()},
+                    extrinsics=frame.extrinsics,
+                    object_positions=task.object_positions(sim),
+                    task_progress=int(task.progress(sim)),
+                )
+
+            ok, steps = _rollout(task, sim, job.seed, record)
+            if not ok:  # cannot happen for a deterministic replay; never keep a failure
+                writer.discard()
+                return JobResult(
+                    job.task,
+                    job.seed,
+                    "failed",
+                    seconds=time.perf_counter() - t0,
+                    message="replay diverged from the dry run",
+                )
+            writer.close(success=True)
+        return JobResult(job.task, job.seed, "written", steps, time.perf_counter() - t0)
+    except (EpisodeWriteError, SimError, OSError) as e:
+        return JobResult(job.task, job.seed, "error", message=str(e))
+
+
+def check_output_dir(out_dir: str) -> None:
+    """Fail early, with a clear message, when the output folder cannot be written."""
+    probe = os.path.join(out_dir, f".clamp-write-test-{os.getpid()}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"x")
+    except OSError as e:
+        raise EpisodeWriteError(f"output folder '{out_dir}' is not writable: {e}") from e
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+
+
+def generate(jobs: list[Job], workers: int = 1, progress: bool = True):
+    """Run ``jobs`` on ``workers`` processes (spawned: MuJoCo's GL contexts do not survive a
+    fork); yields JobResults as they finish."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is a nicety
+        tqdm = None
+    bar = tqdm(total=len(jobs), unit="ep", disable=not progress) if tqdm else None
+    if workers <= 1:
+        results = map(run_job, jobs)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(run_job, jobs)
+    counts: dict[str, int] = {}
+    try:
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+            if bar is not None:
+                bar.set_postfix(counts)
+                bar.update(1)
+            yield r
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
