@@ -27,6 +27,7 @@ setup(
             "clamp = clamp_ros.cli:main",
             "perception_node = clamp_ros.perception_node:main",
             "synthetic_scene_node = clamp_ros.synthetic_scene_node:main",
+            "sim_node = clamp_ros.sim_node:main",
         ],
     },
 )

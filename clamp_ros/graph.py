@@ -31,6 +31,11 @@ GRAPHS: dict[str, list[NodeSpec]] = {
         NodeSpec("synthetic_scene_node", "synthetic_scene", ("config/synthetic_demo.yaml",)),
         NodeSpec("perception_node", "perception", ("config/synthetic_demo.yaml",)),
     ],
+    # simulated ALOHA (MuJoCo) -> perception: the robot's topics without the robot
+    "sim_aloha": [
+        NodeSpec("sim_node", "sim", ("config/sim_aloha.yaml",)),
+        NodeSpec("perception_node", "perception", ("config/sim_aloha.yaml",)),
+    ],
     # real robot: perception on the real cameras
     "aloha_perception": [
         NodeSpec("perception_node", "perception", ("config/aloha_bimanual.yaml",)),
@@ -68,7 +73,8 @@ def node_command(spec: NodeSpec, extra_params: dict | None = None) -> list[str]:
     for p in spec.params:
         cmd += ["--params-file", str(share_dir() / p)]
     for k, v in {**spec.overrides, **(extra_params or {})}.items():
-        cmd += ["-p", f"{k}:={_fmt(v)}"]
+        # node-scoped: a plain -p loses to the node's own section of a params file
+        cmd += ["-p", f"{spec.name}:{k}:={_fmt(v)}"]
     return cmd
 
 

@@ -243,7 +243,8 @@ def test_node_command(graph_name: str, scripts: dict[str, str]):
                 or Path(file).resolve().read_bytes() == (REPO / rel).read_bytes()
             )
             ros_param_sections(yaml.safe_load(Path(file).read_text()), file)
-        assert cmd[-4:] == ["-p", "flag:=true", "-p", "names:=[a,b]"]
+        n = spec.name  # overrides are scoped to the node so they beat its params-file section
+        assert cmd[-4:] == ["-p", f"{n}:flag:=true", "-p", f"{n}:names:=[a,b]"]
 
 
 def test_share_dir_holds_configs():

@@ -1,0 +1,516 @@
+"""Simulation node: one ``clamp_core.sim`` task in MuJoCo, presented as a real ALOHA would be.
+
+Physics, rendering and the task live in ``clamp_core.sim``; this node only schedules steps,
+executes joint trajectories and converts to and from messages.
+
+Parameters (read-only): task, seed, width, height, camera_rate_hz, control_rate_hz,
+real_time_factor, publish_clock (see ``ros2 param describe sim <name>``).
+
+Time: with ``publish_clock`` (default) the node publishes the simulation time on ``/clock`` and
+stamps everything with it (it never jumps back, not even on ``~/reset``); run the other nodes
+with ``use_sim_time:=true``. Without it, stamps follow the node's ROS clock, one control period
+(divided by the real-time factor) apart.
+
+Publishes
+  follower_{left,right}/joint_states   sensor_msgs/JointState at the control rate: waist shoulder
+                                       elbow forearm_roll wrist_angle wrist_rotate (rad) and
+                                       gripper (normalised, 0 closed .. 1 open)
+  <cam>/color/image_raw (rgb8), <cam>/depth/image_raw (16UC1 mm, 0 = no return),
+  <cam>/color/camera_info, <cam>/depth/camera_info   per camera, at the camera rate; frame_id
+                                       ``<cam>_color_optical_frame`` (depth is registered)
+  /tf        every arm body ``vx300s_{side}/<link>`` as frame ``vx300s_{side}_<link>`` ('/' ->
+             '_'), child of ``world``, and the wrist cameras' optical frames (child of
+             ``world``), every control step; a camera step's tf goes out before its images
+  /tf_static the fixed cameras' optical frames (child of ``world``)
+  /clock     rosgraph_msgs/Clock, every control step (when publish_clock)
+Subscribes
+  {left,right}_arm_controller/joint_trajectory   trajectory_msgs/JointTrajectory, executed like
+             ros2_control's JointTrajectoryController with linear interpolation (velocities and
+             accelerations are ignored): joint names from the seven above (all six arm joints
+             required, the gripper optional), start at header.stamp (zero: now), the arm moves
+             from its current command to the first point, holds the last. A valid trajectory
+             replaces the current one; an invalid one is rejected with a logged reason and the
+             arm carries on with what it was doing.
+Services
+  ~/reset    std_srvs/Trigger: reset the task with the next seed (seed + 1)
+  ~/success  std_srvs/Trigger: success = the task's success detector; message has the progress
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+from trajectory_msgs.msg import JointTrajectory
+
+from clamp_core.geometry.image import encode_depth_mm
+from clamp_core.geometry.transforms import Transform
+from clamp_core.sim.aloha import ARM_JOINTS, CONTROL_DT, SIDES
+from clamp_core.sim.tasks import make_task
+
+from .conversions import image_msg, info_from_camera, ns_to_stamp, stamp_to_ns, transform_msg
+from .params import declare
+from .perception_node import TF_QOS, TF_STATIC_QOS
+from .util import KeyedThrottle, run_node
+
+ARM_JOINT_NAMES = (*ARM_JOINTS, "gripper")
+"""Joint names of one arm in JointState and JointTrajectory messages."""
+BASE_FRAME = "world"
+MAX_CATCH_UP_S = 0.25
+"""Behind real time by more than this, the node gives up catching up (sim time falls behind)."""
+
+
+def optical_frame(camera: str) -> str:
+    return f"{camera}_color_optical_frame"
+
+
+def link_frame(body: str) -> str:
+    return body.replace("/", "_")
+
+
+class TrajectoryError(ValueError):
+    """A trajectory that cannot be executed; the message names the problem."""
+
+
+@dataclass
+class ArmTrajectory:
+    """A validated trajectory of one arm, in absolute time (ns). ROS-free."""
+
+    start_ns: int
+    times_ns: np.ndarray
+    """(n,) time from start of each point, strictly increasing."""
+    positions: np.ndarray
+    """(n, 7) targets in ARM_JOINT_NAMES order (joints the message left out hold)."""
+    hold: np.ndarray
+    """(7,) the command when the trajectory was accepted: held until it starts."""
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + int(self.times_ns[-1])
+
+    def sample(self, t_ns: int) -> np.ndarray:
+        rel = t_ns - self.start_ns
+        if rel < 0:
+            return self.hold.copy()
+        if rel >= self.times_ns[-1]:
+            return self.positions[-1].copy()
+        i = int(np.searchsorted(self.times_ns, rel, side="right"))  # times[i-1] <= rel < times[i]
+        if i == 0:  # before the first point: move there from the held command
+            a, b, t0, t1 = self.hold, self.positions[0], 0, self.times_ns[0]
+        else:
+            a, b = self.positions[i - 1], self.positions[i]
+            t0, t1 = self.times_ns[i - 1], self.times_ns[i]
+        alpha = (rel - t0) / (t1 - t0)
+        return a + alpha * (b - a)
+
+
+def parse_trajectory(
+    joint_names,
+    points,
+    stamp_ns: int,
+    now_ns: int,
+    current: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+) -> ArmTrajectory:
+    """Validate one arm's trajectory and build it. ``points``: [(positions, time_from_start_ns)];
+    ``current``: the arm's (7,) command now; ``low``/``high``: (7,) limits. Raises
+    TrajectoryError."""
+    names = list(joint_names)
+    expected = ", ".join(ARM_JOINT_NAMES)
+    if not names:
+        raise TrajectoryError(f"no joint names (expected {expected})")
+    for n in names:
+        if n not in ARM_JOINT_NAMES:
+            raise TrajectoryError(f"unknown joint name '{n}' (expected {expected})")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TrajectoryError(f"duplicate joint names: {', '.join(dup)}")
+    missing = [j for j in ARM_JOINTS if j not in names]
+    if missing:
+        raise TrajectoryError(
+            f"missing joint names: {', '.join(missing)} (all six arm joints are required, "
+            f"the gripper is optional)"
+        )
+    if not points:
+        raise TrajectoryError("empty trajectory: no points")
+    index = [ARM_JOINT_NAMES.index(n) for n in names]
+    times = np.empty(len(points), dtype=np.int64)
+    full = np.empty((len(points), len(ARM_JOINT_NAMES)))
+    base = current.copy()
+    for k, (pos, t_ns) in enumerate(points):
+        pos = np.asarray(pos, dtype=float).reshape(-1)
+        if pos.size != len(names):
+            raise TrajectoryError(
+                f"point {k} has {pos.size} positions for {len(names)} joint names"
+            )
+        bad = [names[i] for i in np.flatnonzero(~np.isfinite(pos))]
+        if bad:
+            raise TrajectoryError(
+                f"point {k} has a non-finite position (NaN or inf) for {', '.join(bad)}"
+            )
+        if t_ns < 0:
+            raise TrajectoryError(f"point {k} has a negative time_from_start ({t_ns * 1e-9:.3f}s)")
+        if k > 0 and t_ns <= times[k - 1]:
+            raise TrajectoryError(
+                f"time_from_start is not increasing: point {k} at {t_ns * 1e-9:.3f}s, "
+                f"point {k - 1} at {times[k - 1] * 1e-9:.3f}s"
+            )
+        for i, j in enumerate(index):
+            if not low[j] <= pos[i] <= high[j]:
+                raise TrajectoryError(
+                    f"point {k}: {names[i]} = {pos[i]:.4f} is outside the joint limits "
+                    f"[{low[j]:.4f}, {high[j]:.4f}]"
+                )
+        row = (full[k - 1] if k > 0 else base).copy()
+        row[index] = pos
+        full[k] = row
+        times[k] = t_ns
+    start = stamp_ns if stamp_ns != 0 else now_ns
+    if start + times[-1] < now_ns:
+        raise TrajectoryError(
+            f"trajectory ends at {(start + times[-1]) * 1e-9:.3f}s, before now "
+            f"({now_ns * 1e-9:.3f}s): check header.stamp and the clock (use_sim_time)"
+        )
+    return ArmTrajectory(start, times, full, current.copy())
+
+
+class SimNode(Node):
+    def __init__(self, node_name: str = "sim", **kwargs):
+        super().__init__(node_name, **kwargs)
+        task_name = declare(self, "task", "transfer_cube", "Simulated task (clamp_core.sim.tasks).")
+        self.seed = declare(self, "seed", 0, "Seed of the first episode; ~/reset adds 1.")
+        width = declare(self, "width", 640, "Image width of every camera (px).")
+        height = declare(self, "height", 480, "Image height of every camera (px).")
+        camera_rate = declare(
+            self,
+            "camera_rate_hz",
+            10.0,
+            "Camera frame rate: cameras render and publish every k-th control step, "
+            "k = round(control_rate_hz / camera_rate_hz).",
+        )
+        control_rate = declare(
+            self,
+            "control_rate_hz",
+            50.0,
+            "Rate of trajectory sampling, physics steps and joint_states; its period must be a "
+            "whole number of 20 ms physics steps (50, 25, 10, ... Hz).",
+        )
+        self.rtf = declare(
+            self,
+            "real_time_factor",
+            1.0,
+            "Simulated seconds per wall-clock second (0: as fast as possible).",
+        )
+        self.publish_clock = declare(
+            self,
+            "publish_clock",
+            True,
+            "Publish the simulation time on /clock and stamp every message with it (else "
+            "stamps follow this node's ROS clock).",
+        )
+        if width <= 0 or height <= 0:
+            raise ValueError(f"width and height must be positive, got {width}x{height}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if not control_rate > 0 or not camera_rate > 0:
+            raise ValueError(
+                f"control_rate_hz ({control_rate}) and camera_rate_hz ({camera_rate}) must be "
+                f"positive"
+            )
+        if camera_rate > control_rate:
+            raise ValueError(
+                f"camera_rate_hz ({camera_rate}) must not exceed control_rate_hz ({control_rate})"
+            )
+        if not (self.rtf >= 0 and math.isfinite(self.rtf)):
+            raise ValueError(f"real_time_factor must be >= 0, got {self.rtf}")
+        substeps = 1.0 / (control_rate * CONTROL_DT)
+        if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:
+            raise ValueError(
+                f"control_rate_hz {control_rate}: the control period must be a whole number of "
+                f"{CONTROL_DT * 1e3:.0f} ms physics steps (50, 25, 10, ... Hz)"
+            )
+        self.substeps = int(round(substeps))
+        self.tick_ns = int(round(self.substeps * CONTROL_DT * 1e9))
+        self.camera_every = max(1, int(round(control_rate / camera_rate)))
+
+        self.task = make_task(task_name)  # SimError (a ValueError) names the known tasks
+        t0 = time.perf_counter()
+        self.sim = self.task.make_sim(width=width, height=height, render=True)
+        self.task.reset(self.sim, self.seed)
+        self.sim.observe()  # create the renderers now: the first frame would overrun the clock
+        lo, hi = self.sim.joint_low, self.sim.joint_high  # 12 arm joints; grippers are 0..1
+        self.low = {s: np.append(lo[6 * i : 6 * i + 6], 0.0) for i, s in enumerate(SIDES)}
+        self.high = {s: np.append(hi[6 * i : 6 * i + 6], 1.0) for i, s in enumerate(SIDES)}
+        self.command = self._measured_command()
+        self.trajectories: dict[str, ArmTrajectory | None] = {s: None for s in SIDES}
+        self.fixed_cameras = [c.name for c in self.sim.cameras if not c.body]
+        self.moving_cameras = [c.name for c in self.sim.cameras if c.body]
+        self.links = [
+            self.sim.model.body(i).name
+            for i in range(self.sim.model.nbody)
+            if self.sim.model.body(i).name.startswith(("vx300s_left", "vx300s_right"))
+        ]
+
+        self.error = KeyedThrottle(self.get_logger().error, 1.0)
+        self.warn = KeyedThrottle(self.get_logger().warning, 5.0)
+        image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.camera_pubs = {}
+        for cam in self.sim.cameras:
+            n = cam.name
+            self.camera_pubs[n] = (
+                self.create_publisher(Image, f"{n}/color/image_raw", image_qos),
+                self.create_publisher(Image, f"{n}/depth/image_raw", image_qos),
+                self.create_publisher(CameraInfo, f"{n}/color/camera_info", image_qos),
+                self.create_publisher(CameraInfo, f"{n}/depth/camera_info", image_qos),
+            )
+        self.joint_pubs = {
+            s: self.create_publisher(JointState, f"follower_{s}/joint_states", 10) for s in SIDES
+        }
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", TF_QOS)
+        self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
+        self.clock_pub = (
+            self.create_publisher(ClockMsg, "/clock", 10) if self.publish_clock else None
+        )
+        for s in SIDES:
+            self.create_subscription(
+                JointTrajectory,
+                f"{s}_arm_controller/joint_trajectory",
+                lambda m, s=s: self.on_trajectory(s, m),
+                10,
+            )
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.create_service(Trigger, "~/success", self.on_success)
+        self.tf_static_pub.publish(
+            TFMessage(
+                transforms=[
+                    transform_msg(
+                        BASE_FRAME,
+                        optical_frame(n),
+                        0,
+                        Transform.from_matrix(self.sim.camera_pose(n)),
+                    )
+                    for n in self.fixed_cameras
+                ]
+            )
+        )
+
+        # time: sim_ns counts physics; stamp_ns is the stamp of the current state
+        self.ticks = 0
+        self.sim_ns = 0
+        self._anchor_wall = time.monotonic()
+        self._anchor_ticks = 0
+        self._anchor_stamp = 0 if self.publish_clock else self._ros_now_ns()
+        self.stamp_ns = self._anchor_stamp
+        self.skipped_frames = 0
+        self.skipped_steps = 0
+        self.frames = 0
+        period = self.tick_ns * 1e-9 / self.rtf if self.rtf > 0 else 0.0
+        # a steady clock: with use_sim_time the ROS clock would wait for our own /clock
+        self.create_timer(period, self.on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(
+            f"sim '{task_name}' seed {self.seed} ready in {time.perf_counter() - t0:.1f}s: "
+            f"control {1e9 / self.tick_ns:g} Hz, cameras {self.sim_camera_rate():g} Hz at "
+            f"{width}x{height}, real_time_factor {self.rtf:g}, "
+            f"{'sim time on /clock' if self.publish_clock else 'ROS clock stamps'}; "
+            f"task: {self.task.instruction}"
+        )
+
+    def sim_camera_rate(self) -> float:
+        return 1e9 / (self.tick_ns * self.camera_every)
+
+    # ------------------------------------------------------------------ time
+    def _ros_now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _stamp_of(self, ticks: int) -> int:
+        if self.publish_clock:
+            return ticks * self.tick_ns
+        if self.rtf > 0:
+            return self._anchor_stamp + int(
+                round((ticks - self._anchor_ticks) * self.tick_ns / self.rtf)
+            )
+        return max(self.stamp_ns + 1, self._ros_now_ns())
+
+    def _measured_command(self) -> np.ndarray:
+        q = self.sim.qpos14()
+        return {
+            s: np.clip(q[7 * i : 7 * i + 7], self.low[s], self.high[s]) for i, s in enumerate(SIDES)
+        }
+
+    # ------------------------------------------------------------------ stepping
+    def on_timer(self) -> None:
+        due = 1
+        if self.rtf > 0:
+            elapsed = time.monotonic() - self._anchor_wall
+            due = int(elapsed * self.rtf * 1e9 / self.tick_ns) - (self.ticks - self._anchor_ticks)
+            if due <= 0:
+                return
+            limit = max(1, int(MAX_CATCH_UP_S * self.rtf * 1e9 / self.tick_ns))
+            if due > limit:  # physics alone cannot keep up: let sim time fall behind
+                self.skipped_steps += due - limit
+                self.warn(
+                    "behind",
+                    f"{(due - limit) * self.tick_ns * 1e-9 / self.rtf:.2f}s behind real time: "
+                    f"simulation slower than real_time_factor {self.rtf:g} "
+                    f"({self.skipped_steps} control steps not simulated so far)",
+                )
+                due = limit
+                lag_ns = int(round(limit * self.tick_ns / self.rtf))
+                self._anchor_wall = time.monotonic() - lag_ns * 1e-9
+                self._anchor_ticks = self.ticks
+                if not self.publish_clock:
+                    self._anchor_stamp = max(self.stamp_ns, self._ros_now_ns() - lag_ns)
+        # render only the last camera step of a catch-up batch: skip frames, never fall behind
+        camera_steps = [k for k in range(1, due + 1) if (self.ticks + k) % self.camera_every == 0]
+        if len(camera_steps) > 1:
+            self.skipped_frames += len(camera_steps) - 1
+            self.warn(
+                "frames",
+                f"rendering slower than {self.sim_camera_rate():g} Hz: skipped "
+                f"{len(camera_steps) - 1} camera frame(s) to keep up ({self.skipped_frames} so "
+                f"far, {self.frames} published)",
+            )
+        render_at = camera_steps[-1] if camera_steps else None
+        for k in range(1, due + 1):
+            self.step(render=k == render_at)
+
+    def step(self, render: bool) -> None:
+        """One control period: sample the trajectories, step physics, publish the new state."""
+        for s in SIDES:
+            traj = self.trajectories[s]
+            if traj is not None:
+                self.command[s] = traj.sample(self.stamp_ns)
+        action = np.concatenate([self.command[s] for s in SIDES])
+        for _ in range(self.substeps):
+            self.sim.step(action)
+        self.ticks += 1
+        self.sim_ns += self.tick_ns
+        self.stamp_ns = self._stamp_of(self.ticks)
+        stamp = ns_to_stamp(self.stamp_ns)
+        if self.clock_pub is not None:
+            self.clock_pub.publish(ClockMsg(clock=stamp))
+        frame = self.sim.observe(render=render)
+        for i, s in enumerate(SIDES):
+            sl = slice(7 * i, 7 * i + 7)
+            pos = frame.qpos[sl].copy()
+            pos[6] = min(max(pos[6], 0.0), 1.0)
+            self.joint_pubs[s].publish(
+                JointState(
+                    header=Header(stamp=stamp),
+                    name=list(ARM_JOINT_NAMES),
+                    position=pos.tolist(),
+                    velocity=frame.qvel[sl].tolist(),
+                    effort=frame.effort[sl].tolist(),
+                )
+            )
+        transforms = [
+            transform_msg(
+                BASE_FRAME,
+                link_frame(b),
+                self.stamp_ns,
+                Transform.from_matrix(self.sim.body_pose(b)),
+            )
+            for b in self.links
+        ]
+        transforms += [
+            transform_msg(
+                BASE_FRAME,
+                optical_frame(n),
+                self.stamp_ns,
+                Transform.from_matrix(self.sim.camera_pose(n)),
+            )
+            for n in self.moving_cameras
+        ]
+        self.tf_pub.publish(TFMessage(transforms=transforms))  # before the images it poses
+        if render:
+            self.publish_cameras(frame, stamp)
+
+    def publish_cameras(self, frame, stamp) -> None:
+        for name, rgb in frame.images.items():
+            header = Header(stamp=stamp, frame_id=optical_frame(name))
+            color_pub, depth_pub, info_pub, depth_info_pub = self.camera_pubs[name]
+            info = info_from_camera(self.sim.intrinsics[name], header)
+            info_pub.publish(info)
+            depth_info_pub.publish(info)
+            color_pub.publish(image_msg(rgb, "rgb8", header))
+            depth_pub.publish(image_msg(encode_depth_mm(frame.depth_m[name]), "16UC1", header))
+        self.frames += 1
+
+    # ------------------------------------------------------------------ commands
+    def on_trajectory(self, side: str, msg: JointTrajectory) -> None:
+        points = [
+            (
+                list(p.positions),
+                int(p.time_from_start.sec) * 1_000_000_000 + p.time_from_start.nanosec,
+            )
+            for p in msg.points
+        ]
+        try:
+            traj = parse_trajectory(
+                msg.joint_names,
+                points,
+                stamp_to_ns(msg.header.stamp),
+                self.stamp_ns,
+                self.command[side],
+                self.low[side],
+                self.high[side],
+            )
+        except TrajectoryError as e:
+            self.error(
+                (side, re.sub(r"[-+]?\d[\d.]*", "#", str(e))),
+                f"{side} arm: trajectory rejected: {e}; the arm keeps its current command",
+            )
+            return
+        self.trajectories[side] = traj
+        self.get_logger().debug(
+            f"{side} arm: trajectory of {len(points)} points accepted, "
+            f"{(traj.end_ns - self.stamp_ns) * 1e-9:.2f}s to go"
+        )
+
+    def on_reset(self, request, response):
+        self.seed += 1
+        try:
+            self.task.reset(self.sim, self.seed)
+        except Exception as e:  # never let a service call kill the simulation
+            response.success = False
+            response.message = f"reset with seed {self.seed} failed: {e}"
+            self.get_logger().error(response.message)
+            return response
+        self.trajectories = {s: None for s in SIDES}
+        self.command = self._measured_command()
+        response.success = True
+        response.message = f"reset '{self.task.name}' with seed {self.seed}"
+        self.get_logger().info(response.message)
+        return response
+
+    def on_success(self, request, response):
+        response.success = bool(self.task.success(self.sim))
+        response.message = (
+            f"task '{self.task.name}' seed {self.seed}: progress {self.task.progress(self.sim)}, "
+            f"{'success' if response.success else 'not done'}"
+        )
+        return response
+
+    def destroy_node(self) -> None:
+        self.sim.close()  # free the GL contexts while the display is still up
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    run_node(SimNode, args, "sim")
+
+
+if __name__ == "__main__":
+    main()
