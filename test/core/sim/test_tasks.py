@@ -67,7 +67,7 @@ def test_closed_loop_expert_succeeds_on_a_few_seeds(name):
 
 
 def test_objects_come_to_rest_on_the_table():
-    """A dropped, tilted box settles flat where it landed (no rocking, no drifting)."""
+    """A dropped box settles flat where it landed (no rocking, no drifting)."""
     from clamp_core.sim.tasks.base import set_free_body
 
     task = make_task("transfer_cube")
