@@ -271,25 +271,18 @@ class AlohaSim:
     def body_pose(self, name: str) -> np.ndarray:
         """(4, 4) T_base_body."""
         b = self.data.body(name)
-        m = np.eye(4)
-        m[:3, :3] = b.xmat.reshape(3, 3)
-        m[:3, 3] = b.xpos - TABLE_CENTRE_MJ
-        return m
+        return _base_pose(b.xmat, b.xpos)
 
     def site_pose(self, name: str) -> np.ndarray:
+        """(4, 4) T_base_site."""
         s = self.data.site(name)
-        m = np.eye(4)
-        m[:3, :3] = s.xmat.reshape(3, 3)
-        m[:3, 3] = s.xpos - TABLE_CENTRE_MJ
-        return m
+        return _base_pose(s.xmat, s.xpos)
 
     def camera_pose(self, name: str) -> np.ndarray:
-        """(4, 4) T_base_cam of camera ``name`` in the optical convention."""
+        """(4, 4) T_base_cam of camera ``name`` in the optical convention (MuJoCo cameras look
+        along -z with y up)."""
         c = self.data.cam(name)
-        m = np.eye(4)
-        m[:3, :3] = c.xmat.reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])
-        m[:3, 3] = c.xpos - TABLE_CENTRE_MJ
-        return m
+        return _base_pose(c.xmat.reshape(3, 3) @ np.diag([1.0, -1.0, -1.0]), c.xpos)
 
     # ------------------------------------------------------------------ rendering
     def _renderer_for(self):
@@ -379,6 +372,14 @@ class AlohaSim:
             scale = min(1.0, 0.3 / max(1e-9, float(np.abs(dq).max())))
             scratch.qpos[qadr] = np.clip(scratch.qpos[qadr] + scale * dq, lo, hi)
         return scratch.qpos[qadr].copy(), err_p
+
+
+def _base_pose(xmat, xpos) -> np.ndarray:
+    """MuJoCo world rotation + position -> (4, 4) pose in the base frame."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(xmat).reshape(3, 3)
+    m[:3, 3] = np.asarray(xpos) - TABLE_CENTRE_MJ
+    return m
 
 
 def grasp_orientation(side: str, yaw: float = 0.0, pitch: float = math.pi / 2) -> np.ndarray:
