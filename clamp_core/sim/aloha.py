@@ -8,8 +8,10 @@ the x axis facing each other, the robot's front towards -y. Cameras use the opti
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -291,6 +293,7 @@ class AlohaSim:
             r.scene.flags[self.mj.mjtRndFlag.mjRND_SHADOW] = 0
             r.scene.flags[self.mj.mjtRndFlag.mjRND_REFLECTION] = 0
             self._renderer = r
+            _track_renderer(self)
         return self._renderer
 
     def render(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -315,9 +318,14 @@ class AlohaSim:
         return frame
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-        self._renderer = None
+        """Release the GL context (also done at interpreter exit for every live simulator, in an
+        order that EGL accepts)."""
+        r, self._renderer = self._renderer, None
+        if r is not None:
+            try:
+                r.close()
+            except Exception:  # the GL display may already be gone at shutdown
+                pass
 
     # ------------------------------------------------------------------ inverse kinematics
     def solve_ik(
@@ -372,6 +380,24 @@ class AlohaSim:
             scale = min(1.0, 0.3 / max(1e-9, float(np.abs(dq).max())))
             scratch.qpos[qadr] = np.clip(scratch.qpos[qadr] + scale * dq, lo, hi)
         return scratch.qpos[qadr].copy(), err_p
+
+
+_LIVE_RENDERING: weakref.WeakSet = weakref.WeakSet()
+_EXIT_HOOK: list = []
+
+
+def _close_renderers() -> None:
+    for sim in list(_LIVE_RENDERING):
+        sim.close()
+
+
+def _track_renderer(sim: AlohaSim) -> None:
+    """Close renderers at exit before MuJoCo's EGL module terminates the display: atexit runs
+    handlers last-in first-out, so ours is registered after MuJoCo created its first context."""
+    _LIVE_RENDERING.add(sim)
+    if not _EXIT_HOOK:
+        atexit.register(_close_renderers)
+        _EXIT_HOOK.append(True)
 
 
 def _base_pose(xmat, xpos) -> np.ndarray:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from ..aloha import SimError
 from .base import Task
+from .pick_place import CanOpenerInCaddy, MugOnPlate, PenInContainer, ScrewdriverInCaddy
 from .transfer_cube import TransferCube
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (TransferCube,)}
+TASKS: dict[str, type[Task]] = {
+    t.name: t
+    for t in (
+        MugOnPlate,
+        PenInContainer,
+        CanOpenerInCaddy,
+        ScrewdriverInCaddy,
+        TransferCube,
+    )
+}
 
 
 def make_task(name: str) -> Task:
