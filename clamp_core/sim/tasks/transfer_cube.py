@@ -87,7 +87,7 @@ class _TransferExpert:
         side, phase = self.phase
         arm = self.arms[side]
         g = 13 if side == "right" else 6
-        heading = -yaw if side == "right" else yaw
+        heading = yaw  # grasp_orientation turns the right arm by pi itself
         self.t += 1
         grasped = self.task._grasped_by(sim, side)
         # contacts flicker from step to step: judge "still holding" by where the cube is
