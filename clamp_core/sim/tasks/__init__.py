@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..aloha import SimError
+from .articulated import DrawerOpen, Insertion, PlateOnRack
 from .base import Task
 from .pick_place import CanOpenerInCaddy, MugOnPlate, PenInContainer, ScrewdriverInCaddy
 from .transfer_cube import TransferCube
@@ -10,11 +11,14 @@ from .transfer_cube import TransferCube
 TASKS: dict[str, type[Task]] = {
     t.name: t
     for t in (
+        DrawerOpen,
         MugOnPlate,
         PenInContainer,
         CanOpenerInCaddy,
         ScrewdriverInCaddy,
+        PlateOnRack,
         TransferCube,
+        Insertion,
     )
 }
 
