@@ -63,7 +63,8 @@ def test_closed_loop_expert_succeeds_on_a_few_seeds(name):
     sim = task.make_sim(render=False)
     wins = [_run_expert(task, sim, seed) for seed in (11, 12, 13)]
     assert sum(wins) >= 2, f"{name}: expert succeeded on {wins}"
-    assert task.progress(sim) >= 1 or not wins[-1]
+    if wins[-1]:  # (the experts of the other task modules are covered here too)
+        assert task.progress(sim) >= 1
 
 
 def test_objects_come_to_rest_on_the_table():
