@@ -858,6 +858,22 @@ class EpisodeReader:
             out["depth_mm"] = {c: f[f"observations/depth/{c}"][t] for c in cams}
         return out
 
+    LOWDIM = {
+        "stamp_ns": "observations/stamp_ns",
+        "qpos": "observations/qpos",
+        "qvel": "observations/qvel",
+        "action": "action",
+        "task_progress": "task_progress",
+        "object_positions": "objects/positions",
+        "object_positions_normalized": "objects/positions_normalized",
+    }
+
+    def lowdim(self) -> dict[str, np.ndarray]:
+        """Every small per-frame series in full (no images): stamp_ns (T,), qpos, qvel,
+        action (T, 14), task_progress (T,), object_positions(_normalized) (T, N, 3)."""
+        f = self._h5()
+        return {name: f[key][()] for name, key in self.LOWDIM.items()}
+
     def _padded(self, key: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows start..stop-1 of a time series; out-of-range rows repeat the edge row."""
         ds = self._h5()[key]
