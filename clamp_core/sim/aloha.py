@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..geometry.camera import PinholeCamera
+from .render import RgbdRenderer
 
 ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
 SIDES = ("left", "right")
@@ -287,33 +288,26 @@ class AlohaSim:
         return _base_pose(c.xmat.reshape(3, 3) @ np.diag([1.0, -1.0, -1.0]), c.xpos)
 
     # ------------------------------------------------------------------ rendering
-    def _renderer_for(self):
+    def _renderer_for(self) -> RgbdRenderer:
         if self._renderer is None:
-            r = self.mj.Renderer(self.model, self.height, self.width)
-            r.scene.flags[self.mj.mjtRndFlag.mjRND_SHADOW] = 0
-            r.scene.flags[self.mj.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._renderer = r
+            self._renderer = RgbdRenderer(self.model, self.width, self.height)
             _track_renderer(self)
         return self._renderer
 
     def render(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB (H, W, 3) uint8, depth (H, W) float32 m along the optical axis, 0 = nothing).
-        One scene update serves both passes."""
+        """(RGB (H, W, 3) uint8, depth (H, W) float32 m along the optical axis, 0 = nothing)
+        of camera ``name`` in the current state."""
         r = self._renderer_for()
-        r.update_scene(self.data, camera=name)
-        rgb = r.render().copy()
-        r.enable_depth_rendering()
-        depth = r.render().astype(np.float32)
-        r.disable_depth_rendering()
-        far = self.model.vis.map.zfar * self.model.stat.extent
-        depth[depth >= 0.99 * far] = 0.0  # background
-        return rgb, depth
+        r.update(self.data)
+        return r.render(name)
 
     def observe(self, cameras=None, render: bool | None = None) -> SimFrame:
         frame = SimFrame(self.time_s, self.qpos14(), self.qvel14(), self.effort14())
         if self.render_enabled if render is None else render:
+            r = self._renderer_for()
+            r.update(self.data)  # one scene for all cameras: only the viewpoint changes
             for name in cameras or [c.name for c in self.cameras]:
-                frame.images[name], frame.depth_m[name] = self.render(name)
+                frame.images[name], frame.depth_m[name] = r.render(name)
                 frame.extrinsics[name] = self.camera_pose(name)
         return frame
 
