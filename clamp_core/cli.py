@@ -55,6 +55,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sim.add_argument("--episodes", type=int, default=4, help="episodes per generation run")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_bench_sim)
+
+    from .training.cli import add_commands  # torch is imported only when a command runs
+
+    add_commands(sub, bench_sub)
     return parser, sub
 
 

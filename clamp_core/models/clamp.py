@@ -10,7 +10,7 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
 from .config import ModelConfig
 from .denoiser import Denoiser
@@ -54,8 +54,14 @@ class ClampModel(nn.Module):
     # ------------------------------------------------------------------ pieces
     def encoder_modules(self) -> list[nn.Module]:
         """The CLAMP encoders and their contrastive heads (what fine-tuning may freeze)."""
-        mods = [self.image, self.action, self.text, self.image_head, self.action_head,
-                self.text_head]
+        mods = [
+            self.image,
+            self.action,
+            self.text,
+            self.image_head,
+            self.action_head,
+            self.text_head,
+        ]
         return mods
 
     def policy_modules(self) -> list[nn.Module]:

@@ -36,7 +36,9 @@ class ImageEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
-            raise ConfigError(f"image encoder: dim {self.dim} is not divisible by heads {self.heads}")
+            raise ConfigError(
+                f"image encoder: dim {self.dim} is not divisible by heads {self.heads}"
+            )
         if (self.dim // self.heads) % 6:
             raise ConfigError(
                 f"image encoder: head width {self.dim // self.heads} must be a multiple of 6 "
@@ -124,10 +126,8 @@ class ModelConfig:
     """Actions per predicted chunk (F)."""
     embed_dim: int = 128
     """Width of the shared contrastive embedding space."""
-    depth_scale_m: float = 1.5
-    """Depth channel is divided by this inside the network."""
     workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.45, -0.05])
-    """XYZ channels are mapped from this box to [-1, 1] inside the network (m)."""
+    """Box the views' XYZ values come from (m; the perception crop box), for example inputs."""
     workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.45, 0.6])
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     action: ActionEncoderConfig = field(default_factory=ActionEncoderConfig)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
 from .config import ActionEncoderConfig, RgbEncoderConfig, TextEncoderConfig
 from .layers import SequenceEncoder
@@ -89,8 +89,11 @@ class RgbEncoder(nn.Module):
         cin = c
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(_BasicBlock(cin, w, stride),
-                                                         _BasicBlock(w, w, 1)))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(_BasicBlock(cin, w, stride), _BasicBlock(w, w, 1)),
+            )
             cin = w
         # learned-query attention pooling: any feature-map size, exports to plain ONNX ops
         self.pool_queries = nn.Parameter(torch.randn(cfg.tokens_per_camera, cin) * cin**-0.5)

@@ -79,7 +79,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, context=None, key_padding_mask=None, rotate=None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, rotate=rotate))
+        x = x + self.drop(
+            self.attn(self.norm1(x), key_padding_mask=key_padding_mask, rotate=rotate)
+        )
         if self.cross:
             x = x + self.drop(self.cross_attn(self.norm_x(x), context=context))
         return x + self.drop(self.mlp(self.norm2(x)))

@@ -48,9 +48,7 @@ def tokenize(
     """
     pos = np.asarray(object_positions, np.float32).reshape(-1, 3)
     if len(pos) != len(object_names):
-        raise ValueError(
-            f"tokenize: {len(object_names)} object names but {len(pos)} positions"
-        )
+        raise ValueError(f"tokenize: {len(object_names)} object names but {len(pos)} positions")
     if vocab_size <= NUM_SPECIAL:
         raise ValueError(f"tokenize: vocab_size must exceed {NUM_SPECIAL}")
     obj_ids: list[int] = []

@@ -116,6 +116,9 @@ class OnnxPolicy:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads > 0:
             opts.intra_op_num_threads = int(threads)
+        # Spinning worker threads halve throughput when perception and ROS share the cores
+        # (measured: 2 threads 15.5 ms spinning vs 7.8 ms not, encoders, on a loaded 2-core box).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         V, H, W, C = meta.views_shape
         A, F, Ha = meta.action_dim, meta.action_horizon, meta.action_history

@@ -70,8 +70,14 @@ class TrainConfig:
             self.data = [self.data]
         if self.preset not in PRESETS:
             raise ConfigError(f"preset '{self.preset}' unknown; choose from {PRESETS}")
-        for name in ("steps", "batch_size", "frame_stride", "log_every", "eval_every",
-                     "ckpt_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "frame_stride",
+            "log_every",
+            "eval_every",
+            "ckpt_every",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -76,8 +76,14 @@ class EpisodeRenderer:
                 base_frame, optical_frame(cam), stamp, Transform.from_matrix(T), static=True
             )
             frames.append(
-                RgbdFrame(cam, stamp, optical_frame(cam), self._intrinsics[key],
-                          frame["depth_mm"][cam], 1e-3)
+                RgbdFrame(
+                    cam,
+                    stamp,
+                    optical_frame(cam),
+                    self._intrinsics[key],
+                    frame["depth_mm"][cam],
+                    1e-3,
+                )
             )
         return frames, tf
 
@@ -97,7 +103,10 @@ def cache_key(path: Path, config: PerceptionConfig, stride: int) -> str:
 
 
 def cached_views(
-    path: Path, config: PerceptionConfig, stride: int, cache_dir: Path,
+    path: Path,
+    config: PerceptionConfig,
+    stride: int,
+    cache_dir: Path,
     renderer: EpisodeRenderer | None = None,
 ) -> np.ndarray:
     """(ceil(T / stride), V, S, S, 4) float16 memory-map of the episode's views at frames

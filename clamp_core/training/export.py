@@ -48,8 +48,11 @@ def example_inputs(cfg: ModelConfig, batch: int = 2, seed: int = 0) -> dict[str,
     }
     if cfg.rgb.enabled:
         out["rgb"] = torch.randint(
-            0, 256, (batch, len(cfg.rgb.cameras), cfg.rgb.height, cfg.rgb.width, 3),
-            generator=g, dtype=torch.uint8,
+            0,
+            256,
+            (batch, len(cfg.rgb.cameras), cfg.rgb.height, cfg.rgb.width, 3),
+            generator=g,
+            dtype=torch.uint8,
         )
     return out
 
@@ -61,7 +64,7 @@ def export_graphs(model: ClampModel, out_dir: Path) -> None:
     ex = example_inputs(cfg)
     names = list(ex)
     enc = EncodersGraph(model)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), _Quiet():
         torch.onnx.export(
             enc,
             tuple(ex[k] for k in names),
@@ -91,7 +94,7 @@ def export_graphs(model: ClampModel, out_dir: Path) -> None:
         )
 
 
-class _quiet:
+class _Quiet:
     """Silence the exporter's tracer warnings (Python control flow on shapes is intended)."""
 
     def __enter__(self):
@@ -105,8 +108,9 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def torch_sample(model: ClampModel, inputs: dict[str, torch.Tensor], noise: np.ndarray,
-                 schedule: ScheduleConfig) -> tuple[np.ndarray, np.ndarray]:
+def torch_sample(
+    model: ClampModel, inputs: dict[str, torch.Tensor], noise: np.ndarray, schedule: ScheduleConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """The reference: encoders + the numpy DDIM loop with the torch denoiser (eager)."""
     with torch.no_grad():
         cond = EncodersGraph(model)(*inputs.values())
@@ -117,8 +121,9 @@ def torch_sample(model: ClampModel, inputs: dict[str, torch.Tensor], noise: np.n
         return ddim_sample(eps_fn, noise, schedule), cond.numpy()
 
 
-def ort_sample(enc_sess, den_sess, inputs: dict[str, np.ndarray], noise: np.ndarray,
-               schedule: ScheduleConfig) -> tuple[np.ndarray, np.ndarray]:
+def ort_sample(
+    enc_sess, den_sess, inputs: dict[str, np.ndarray], noise: np.ndarray, schedule: ScheduleConfig
+) -> tuple[np.ndarray, np.ndarray]:
     cond = enc_sess.run(["cond"], inputs)[0]
 
     def eps_fn(x, t):
@@ -140,8 +145,9 @@ def ort_sessions(model_dir: Path, threads: int = 0):
     )
 
 
-def parity(model: ClampModel, model_dir: Path, schedule: ScheduleConfig, trials: int = 2,
-           seed: int = 0) -> float:
+def parity(
+    model: ClampModel, model_dir: Path, schedule: ScheduleConfig, trials: int = 2, seed: int = 0
+) -> float:
     """Max |torch - ORT| over full DDIM loops (batch 1 and 2) from identical noise."""
     enc, den = ort_sessions(model_dir)
     cfg = model.cfg
@@ -152,8 +158,7 @@ def parity(model: ClampModel, model_dir: Path, schedule: ScheduleConfig, trials:
         ex = example_inputs(cfg, batch=b, seed=seed + trial)
         noise = rng.standard_normal((b, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
         ref, ref_cond = torch_sample(model, ex, noise, schedule)
-        got, got_cond = ort_sample(enc, den, {k: v.numpy() for k, v in ex.items()}, noise,
-                                   schedule)
+        got, got_cond = ort_sample(enc, den, {k: v.numpy() for k, v in ex.items()}, noise, schedule)
         worst = max(worst, float(np.abs(ref - got).max()), float(np.abs(ref_cond - got_cond).max()))
     return worst
 
@@ -205,8 +210,13 @@ def _version() -> str:
         return "unknown"
 
 
-def export(run_or_checkpoint: str | Path, out_dir: str | Path, name: str = "",
-           tolerance: float = 1e-4, verify: bool = True) -> PolicyMetadata:
+def export(
+    run_or_checkpoint: str | Path,
+    out_dir: str | Path,
+    name: str = "",
+    tolerance: float = 1e-4,
+    verify: bool = True,
+) -> PolicyMetadata:
     """Export a checkpoint to ``out_dir`` (replaced atomically only after the parity check)."""
     ck = load_checkpoint(run_or_checkpoint)
     cfg = ModelConfig.from_dict(ck["model_config"])

@@ -211,8 +211,7 @@ def prepare_data(cfg: TrainConfig, model_cfg: ModelConfig, norm=None, progress=T
     perception = perception_for_episodes(cams, model_cfg.view_size)
     if model_cfg.num_views != len(perception.views):
         raise ConfigError(
-            f"model expects {model_cfg.num_views} views, perception renders "
-            f"{len(perception.views)}"
+            f"model expects {model_cfg.num_views} views, perception renders {len(perception.views)}"
         )
     attach_views(episodes, perception, cfg.frame_stride, cfg.resolved_cache_dir(), progress)
     train_eps, val_eps = _split_episodes(episodes, cfg.val_fraction, cfg.seed)
@@ -230,14 +229,21 @@ def prepare_data(cfg: TrainConfig, model_cfg: ModelConfig, norm=None, progress=T
     val = WindowDataset(val_eps, **kw) if val_eps else None
     instructions = sorted({e.instruction for e in episodes})
     return RunData(
-        train, val, norm, perception, tasks, instructions[0] if len(instructions) == 1 else "",
-        joint_names, cams,
+        train,
+        val,
+        norm,
+        perception,
+        tasks,
+        instructions[0] if len(instructions) == 1 else "",
+        joint_names,
+        cams,
     )
 
 
 @torch.no_grad()
-def evaluate(model: ClampModel, data: WindowDataset, alphas, device, batch_size=32,
-             max_batches=8, seed=0) -> dict[str, float]:
+def evaluate(
+    model: ClampModel, data: WindowDataset, alphas, device, batch_size=32, max_batches=8, seed=0
+) -> dict[str, float]:
     """Held-out retrieval (top-1 image -> action and image -> text among ``batch_size``
     candidates; chance = 1 / batch) and diffusion loss."""
     if len(data) < 2:
@@ -302,8 +308,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
         for m in model.encoder_modules():
             m.requires_grad_(False)
     train_encoders_with_policy = cfg.from_scratch or (finetune and not cfg.freeze_encoders)
-    contrastive = cfg.contrastive and not cfg.from_scratch and not (
-        finetune and cfg.freeze_encoders
+    contrastive = (
+        cfg.contrastive and not cfg.from_scratch and not (finetune and cfg.freeze_encoders)
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -381,8 +387,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", unit="step",
-               disable=not (progress and dist_info.main), dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc=f"train {out.name}",
+        unit="step",
+        disable=not (progress and dist_info.main),
+        dynamic_ncols=True,
+    )
     metrics_path = out / "metrics.jsonl"
     model.train()
     t_last = time.perf_counter()
@@ -390,8 +402,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
         for g in optim.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps, cfg.steps)
         batch = _to_device(next(batches), device)
-        losses = _losses(ddp_model, model, batch, alphas, train_encoders_with_policy,
-                         contrastive, cfg)
+        losses = _losses(
+            ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg
+        )
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if cfg.grad_clip > 0:
@@ -402,13 +415,18 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
         if dist_info.main and (step % cfg.log_every == 0 or step == cfg.steps):
             now = time.perf_counter()
             row = {k: float(v.detach()) for k, v in losses.items()}
-            row.update(step=step, lr=optim.param_groups[0]["lr"],
-                       steps_per_s=cfg.log_every / max(now - t_last, 1e-9))
+            row.update(
+                step=step,
+                lr=optim.param_groups[0]["lr"],
+                steps_per_s=cfg.log_every / max(now - t_last, 1e-9),
+            )
             t_last = now
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             _log(writer, metrics_path, row, step, "train/")
-        if dist_info.main and data.val is not None and (
-            step % cfg.eval_every == 0 or step == cfg.steps
+        if (
+            dist_info.main
+            and data.val is not None
+            and (step % cfg.eval_every == 0 or step == cfg.steps)
         ):
             ev = evaluate(model, data.val, alphas, device, seed=cfg.seed)
             ev["step"] = step
@@ -424,8 +442,15 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
 
         (out / "ranks").mkdir(parents=True, exist_ok=True)
         with open(out / "ranks" / f"rank{dist_info.rank}.json", "w") as f:
-            json.dump({"rank": dist_info.rank, "world": dist_info.world, "step": step,
-                       "weights_sha1": state_digest(model.state_dict())}, f)
+            json.dump(
+                {
+                    "rank": dist_info.rank,
+                    "world": dist_info.world,
+                    "step": step,
+                    "weights_sha1": state_digest(model.state_dict()),
+                },
+                f,
+            )
         dist.barrier()
         dist.destroy_process_group()
     if writer is not None:
@@ -435,8 +460,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
 
 def _losses(ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg):
     if ddp_model is model:
-        return model.losses(batch, alphas, train_encoders_with_policy, contrastive, cfg.text,
-                            cfg.policy)
+        return model.losses(
+            batch, alphas, train_encoders_with_policy, contrastive, cfg.text, cfg.policy
+        )
     # DDP hooks run on forward(): route the loss computation through it
     return ddp_model(batch, alphas, train_encoders_with_policy, contrastive, cfg.text, cfg.policy)
 

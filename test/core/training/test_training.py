@@ -1,0 +1,368 @@
+"""Training data pipeline, pretraining, fine-tuning, resume, export parity and DDP, on small
+toy episodes (real HDF5 files, real perception pipeline, real torch and ONNX Runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clamp_core.data.episode import EpisodeReader
+from clamp_core.policy.runtime import OnnxPolicy, PolicyObservation
+from clamp_core.training.config import TrainConfig
+from clamp_core.training.data import (
+    EpisodeRenderer,
+    WindowDataset,
+    attach_views,
+    cached_views,
+    compute_norm_stats,
+    load_episodes,
+    perception_for_episodes,
+)
+from clamp_core.training.export import ExportError, export
+from clamp_core.training.train import CheckpointError, load_checkpoint, state_digest, train
+
+from .conftest import tiny_train_overrides
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def make_cfg(data, out, cache, **kw) -> TrainConfig:
+    d = dict(
+        data=[str(data)],
+        out=str(out),
+        cache_dir=str(cache),
+        frame_stride=2,
+        steps=80,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=5,
+        log_every=5,
+        eval_every=40,
+        ckpt_every=40,
+        val_fraction=0.25,
+        model=tiny_train_overrides(),
+    )
+    d.update(kw)
+    return TrainConfig.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("view_cache")
+
+
+@pytest.fixture(scope="module")
+def pretrained(toy_data, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    train(make_cfg(toy_data, out, cache_dir), progress=False)
+    return out
+
+
+# ------------------------------------------------------------------------------ data
+def test_rendered_views_put_the_cube_where_it_is(toy_data):
+    eps = load_episodes(toy_data)
+    cfg = perception_for_episodes(["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"], 96)
+    renderer = EpisodeRenderer(cfg)
+    for e in eps[:3]:
+        with EpisodeReader(e.path) as r:
+            views = renderer.render(r, 5)
+        cube = e.lowdim["object_positions"][5, 0]
+        top = cube + [0, 0, 0.03]  # centre of the cube's top face
+        overhead = views.images[0]
+        pts = overhead[views.mask[0]][:, 1:]
+        # the overhead view sees the top face: a rendered point within 2 cm of its centre and
+        # every point above the table's z = 0 plane is within the cube's footprint
+        assert np.linalg.norm(pts - top, axis=1).min() < 0.02  # 64x48 input: ~1 cm pixels
+        high = pts[pts[:, 2] > 0.01]
+        assert len(high) > 0
+        assert np.all(np.abs(high[:, :2] - cube[:2]) < 0.03 + 0.005)
+
+
+def test_view_cache_is_reused_and_keyed_by_config(toy_data, tmp_path):
+    path = load_episodes(toy_data)[0].path
+    cfg = perception_for_episodes(["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"], 32)
+    a = cached_views(path, cfg, 4, tmp_path)
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 1 and a.shape == (6, 5, 32, 32, 4) and a.dtype == np.float16
+    mtime = files[0].stat().st_mtime_ns
+    b = cached_views(path, cfg, 4, tmp_path)
+    assert files[0].stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(a, b)
+    cached_views(path, cfg, 2, tmp_path)  # another stride -> another file
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_windows_are_normalised_and_aligned(toy_data, cache_dir):
+    eps = load_episodes(toy_data)
+    cfg = perception_for_episodes(["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"], 48)
+    attach_views(eps, cfg, 2, cache_dir, progress=False)
+    norm = compute_norm_stats(eps)
+    ds = WindowDataset(eps, norm, history=4, horizon=10, stride=2)
+    assert len(ds) == 12 * 12
+    for i in (0, 3, len(ds) - 1):
+        item = ds[i]
+        ei, k = ds.index[i]
+        t = int(k) * 2
+        act = eps[ei].lowdim["action"]
+        T = len(act)
+        want_hist = act[np.clip(np.arange(t - 4, t), 0, T - 1)]
+        np.testing.assert_allclose(
+            norm["action"].unnormalize(item["action_history"]), want_hist, atol=1e-5
+        )
+        want_fut = act[np.clip(np.arange(t, t + 10), 0, T - 1)]
+        np.testing.assert_allclose(norm["action"].unnormalize(item["actions"]), want_fut, atol=1e-5)
+        np.testing.assert_array_equal(item["actions_is_pad"], np.arange(t, t + 10) >= T)
+        assert np.all(np.abs(item["qpos"]) <= 1 + 1e-6)
+        np.testing.assert_array_equal(item["views"], np.asarray(eps[ei].views[k], np.float32))
+
+
+# ------------------------------------------------------------------------------ training
+def test_pretraining_lowers_losses_and_retrieval_beats_chance(pretrained):
+    rows = metrics(pretrained)
+    train_rows = [r for r in rows if "loss" in r]
+    first, last = train_rows[:3], train_rows[-3:]
+    for key in ("loss_image_action", "loss_diffusion"):
+        assert np.mean([r[key] for r in last]) < np.mean([r[key] for r in first]), key
+    val = [r for r in rows if "val/acc_image_action" in r][-1]
+    assert val["val/acc_image_action"] > 1.5 * val["val/chance"]
+    assert (pretrained / "checkpoints" / "last.pt").is_file()
+    assert list((pretrained / "tensorboard").glob("events.*"))
+
+
+def test_resume_continues_from_the_last_checkpoint(toy_data, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    train(make_cfg(toy_data, out, cache_dir, steps=10, ckpt_every=5), progress=False)
+    first = load_checkpoint(out)
+    assert first["step"] == 10
+    train(make_cfg(toy_data, out, cache_dir, steps=15, ckpt_every=5), progress=False)
+    steps = [r["step"] for r in metrics(out) if "loss" in r]
+    assert steps == [5, 10, 15]  # nothing re-done
+    assert load_checkpoint(out)["step"] == 15
+
+
+def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache_dir, tmp_path):
+    pre = load_checkpoint(pretrained)
+    out = tmp_path / "ft"
+    cfg = make_cfg(
+        toy_data,
+        out,
+        cache_dir,
+        steps=5,
+        init_from=str(pretrained),
+        contrastive=False,
+        max_episodes=3,
+        model={},
+    )
+    train(cfg, progress=False)
+    ft = load_checkpoint(out)
+    assert ft["init"]["weights_sha1"] == state_digest(pre["model"])
+    assert ft["init"]["path"] == str(pretrained / "checkpoints" / "last.pt")
+    # frozen encoders: bit-identical; the policy moved
+    for prefix in ("image.", "action.", "text."):
+        assert state_digest(ft["model"], prefix) == state_digest(pre["model"], prefix), prefix
+    assert state_digest(ft["model"], "denoiser.") != state_digest(pre["model"], "denoiser.")
+    assert ft["norm"] == pre["norm"]  # the pretrained normalisation is kept
+
+
+def test_finetune_unfrozen_and_scratch(pretrained, toy_data, cache_dir, tmp_path):
+    pre = load_checkpoint(pretrained)
+    cfg = make_cfg(
+        toy_data,
+        tmp_path / "unfrozen",
+        cache_dir,
+        steps=3,
+        init_from=str(pretrained),
+        contrastive=False,
+        freeze_encoders=False,
+        model={},
+    )
+    train(cfg, progress=False)
+    unf = load_checkpoint(tmp_path / "unfrozen")
+    assert state_digest(unf["model"], "image.") != state_digest(pre["model"], "image.")
+    cfg = make_cfg(toy_data, tmp_path / "scratch", cache_dir, steps=3, from_scratch=True)
+    train(cfg, progress=False)
+    scratch = load_checkpoint(tmp_path / "scratch")
+    assert scratch["init"] == {"scratch": True}
+    rows = [r for r in metrics(tmp_path / "scratch") if "loss" in r]
+    assert "loss_image_action" not in rows[0] and "loss_diffusion" in rows[0]
+
+
+def test_bad_checkpoints_and_configs(tmp_path, toy_data, cache_dir):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(bad)
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a clamp-checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    from clamp_core.perception.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown training options"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="model.image.patchsize"):
+        TrainConfig.from_dict({"model": {"image": {"patchsize": 3}}})
+    with pytest.raises(ConfigError, match="exclude each other"):
+        TrainConfig(init_from="x", from_scratch=True)
+
+
+# ------------------------------------------------------------------------------ export
+def test_export_parity_and_runtime(pretrained, tmp_path, toy_data):
+    out = tmp_path / "models" / "toy"
+    meta = export(pretrained, out)
+    assert meta.parity_max_abs_diff is not None and meta.parity_max_abs_diff <= 1e-4
+    assert sorted(p.name for p in out.iterdir()) == [
+        "denoiser.onnx",
+        "encoders.onnx",
+        "metadata.json",
+    ]
+    policy = OnnxPolicy(out)
+    assert policy.metadata.joint_names[0] == "left_waist"
+    # a real observation from an episode, rendered like the live node renders it
+    eps = load_episodes(toy_data)
+    renderer = EpisodeRenderer(policy.metadata.perception_config())
+    with EpisodeReader(eps[0].path) as r:
+        views = renderer.render(r, 10)
+        low = r.lowdim()
+    h = policy.metadata.action_history
+    obs = PolicyObservation(1_000, views.images, low["qpos"][10], low["action"][10 - h : 10])
+    chunk = policy.predict(obs)
+    assert chunk.actions.shape == (50, 14) and np.isfinite(chunk.actions).all()
+    lo = np.array(policy.metadata.normalization["action"]["min"])
+    hi = np.array(policy.metadata.normalization["action"]["max"])
+    assert np.all(chunk.actions >= lo - 1e-3) and np.all(chunk.actions <= hi + 1e-3)
+
+
+def test_failed_parity_keeps_the_previous_model(pretrained, tmp_path):
+    out = tmp_path / "m"
+    export(pretrained, out)
+    before = (out / "metadata.json").read_bytes()
+    with pytest.raises(ExportError, match="differs from torch"):
+        export(pretrained, out, tolerance=0.0)
+    assert (out / "metadata.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary leftovers
+
+
+# ------------------------------------------------------------------------------ DDP + CLI
+def _env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+    return env
+
+
+def test_ddp_two_processes_keep_identical_weights(toy_data, cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = make_cfg(toy_data, out, cache_dir, steps=4, batch_size=8, log_every=2)
+    (tmp_path / "cfg.yaml").write_text(json.dumps(cfg.to_dict()))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clamp_core.cli",
+        "pretrain",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--json",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights_sha1"] == ranks[1]["weights_sha1"]
+    assert load_checkpoint(out)["step"] == 4
+
+
+def test_cli_pretrain_export_and_bench(toy_data, cache_dir, tmp_path):
+    clamp = Path(sys.executable).with_name("clamp")
+    run = tmp_path / "cli_run"
+    sets = []
+    for k, v in tiny_train_overrides().items():
+        if isinstance(v, dict):
+            sets += [f"model.{k}.{kk}={vv}" for kk, vv in v.items()]
+        else:
+            sets.append(f"model.{k}={v}")
+    cmd = [
+        str(clamp),
+        "pretrain",
+        "--data",
+        str(toy_data),
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--json",
+        "--set",
+        f"cache_dir={cache_dir}",
+        "--set",
+        "frame_stride=2",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["train"]["step"] == 3
+    p = subprocess.run(
+        [str(clamp), "export", str(run), "--out", str(tmp_path / "m"), "--json"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["parity_max_abs_diff"] <= 1e-4
+    p = subprocess.run(
+        [str(clamp), "export", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "does not exist" in p.stdout
+    p = subprocess.run(
+        [str(clamp), "finetune", "--data", str(toy_data)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode != 0 and "--init" in (p.stdout + p.stderr)
+
+
+def test_bench_policy_json_shape():
+    clamp = Path(sys.executable).with_name("clamp")
+    p = subprocess.run(
+        [str(clamp), "bench", "policy", "--presets", "cpu-small", "--repeats", "2", "--json"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = json.loads(p.stdout)
+    assert r["unit"] == "ms" and r["ours"] > 0 and r["baseline"] > 0
+    assert r["ratio"] == pytest.approx(r["baseline"] / r["ours"])
+    assert r["config"]["preset"] == "cpu-small"
+    assert r["config"]["parity_max_abs_diff"] <= 1e-4
+    assert r["config"]["chunk_max_abs_diff_ort_vs_torch"] <= 1e-3
