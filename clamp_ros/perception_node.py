@@ -71,22 +71,16 @@ def image_qos(name: str) -> QoSProfile:
     raise ConfigError(f"image_qos '{name}' must be sensor_data or reliable")
 
 
-class PerceptionNode(Node):
-    def __init__(self, node_name: str = "perception", **kwargs):
-        super().__init__(node_name, **kwargs)
+class PerceptionFrontend:
+    """The camera side of a node, shared by the perception node and the policy node (one code
+    path): camera + tf subscriptions, synchronisation, tf wait and a worker thread that calls
+    ``self.handle_posed(synced, frames, cam_poses, view_poses, t0)`` for the newest complete set.
+    Mix into an rclpy ``Node`` (or ``LifecycleNode``) and call :meth:`init_perception`."""
+
+    publish_cloud = False
+
+    def init_perception(self) -> None:
         self.config = cfg = declare_perception_config(self)
-        self.publish_cloud = declare(
-            self,
-            "publish_cloud",
-            False,
-            "Publish the fused cloud on fused_points (debug; costs a copy).",
-        )
-        self.cloud_max_points = declare(
-            self,
-            "cloud_max_points",
-            200000,
-            "Subsample the debug cloud to at most this many points.",
-        )
         qos_name = declare(
             self,
             "image_qos",
@@ -189,12 +183,6 @@ class PerceptionNode(Node):
             )
         )
 
-        self.view_pubs = {
-            v.name: self.create_publisher(Image, f"views/{v.name}", 5) for v in cfg.views
-        }
-        self.cloud_pub = (
-            self.create_publisher(PointCloud2, "fused_points", 2) if self.publish_cloud else None
-        )
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(
             diag_period, self.on_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
@@ -374,6 +362,72 @@ class PerceptionNode(Node):
                         self.tf_lock.wait(timeout=remaining)  # like tf2's message filter
                         continue
                     return self._drop_tf(frames, synced.stamp_ns)
+        self.split["tf_wait_ms"].add((time.perf_counter() - t0) * 1e3)
+        self.handle_posed(synced, frames, cam_poses, view_poses, t0)
+
+    def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
+        """Called in the worker with a posed, synchronised set (override)."""
+        raise NotImplementedError
+
+    def perception_diagnostics(self, now: float) -> tuple[list, list[str]]:
+        """(KeyValues of the input streams, names of stale streams); logs stale cameras."""
+        stale = []
+        values = []
+        for stream, meter in self.rates.items():
+            age = meter.age_s(now)
+            values.append(KeyValue(key=f"{stream} rate_hz", value=f"{meter.rate_hz(now):.1f}"))
+            values.append(
+                KeyValue(key=f"{stream} age_s", value="never" if age is None else f"{age:.2f}")
+            )
+            if age is None or age > self.config.stale_after_s:
+                stale.append(stream)
+        for stream in stale:
+            cam = stream.split("/")[0]
+            age = self.rates[stream].age_s(now)
+            what = "has not published yet" if age is None else f"silent for {age:.1f}s"
+            self.error(
+                (cam, "stale", stream),
+                f"camera '{cam}': {stream.split('/')[1]} stream {what} (stale); "
+                f"{self.stale_consequence}",
+            )
+        return values, stale
+
+    stale_consequence = "nothing is computed until it returns"
+
+    def stop_perception(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._worker.join(timeout=2.0)
+
+
+class PerceptionNode(PerceptionFrontend, Node):
+    stale_consequence = "no views are published until it returns"
+
+    def __init__(self, node_name: str = "perception", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.publish_cloud = declare(
+            self,
+            "publish_cloud",
+            False,
+            "Publish the fused cloud on fused_points (debug; costs a copy).",
+        )
+        self.cloud_max_points = declare(
+            self,
+            "cloud_max_points",
+            200000,
+            "Subsample the debug cloud to at most this many points.",
+        )
+        self.init_perception()
+        cfg = self.config
+        self.view_pubs = {
+            v.name: self.create_publisher(Image, f"views/{v.name}", 5) for v in cfg.views
+        }
+        self.cloud_pub = (
+            self.create_publisher(PointCloud2, "fused_points", 2) if self.publish_cloud else None
+        )
+
+    def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
         t1 = time.perf_counter()
         try:
             result = self.pipeline.process_posed(
@@ -399,7 +453,6 @@ class PerceptionNode(Node):
         self.out_rate.tick()
         t3 = time.perf_counter()
         self.latency.add((t3 - t0) * 1e3)
-        self.split["tf_wait_ms"].add((t1 - t0) * 1e3)
         self.split["fuse_render_ms"].add((t2 - t1) * 1e3)
         self.split["publish_ms"].add((t3 - t2) * 1e3)
         now_ns = self.get_clock().now().nanoseconds
@@ -408,25 +461,7 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------ diagnostics
     def on_diagnostics(self) -> None:
         now = time.monotonic()
-        stale = []
-        values = []
-        for stream, meter in self.rates.items():
-            age = meter.age_s(now)
-            values.append(KeyValue(key=f"{stream} rate_hz", value=f"{meter.rate_hz(now):.1f}"))
-            values.append(
-                KeyValue(key=f"{stream} age_s", value="never" if age is None else f"{age:.2f}")
-            )
-            if age is None or age > self.config.stale_after_s:
-                stale.append(stream)
-        for stream in stale:
-            cam = stream.split("/")[0]
-            age = self.rates[stream].age_s(now)
-            what = "has not published yet" if age is None else f"silent for {age:.1f}s"
-            self.error(
-                (cam, "stale", stream),
-                f"camera '{cam}': {stream.split('/')[1]} stream {what} (stale); "
-                f"no views are published until it returns",
-            )
+        values, stale = self.perception_diagnostics(now)
         values.append(KeyValue(key="views rate_hz", value=f"{self.out_rate.rate_hz(now):.1f}"))
         for name, stats in (
             ("processing_ms", self.latency),
@@ -457,10 +492,7 @@ class PerceptionNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._worker.join(timeout=2.0)
+        self.stop_perception()
         super().destroy_node()
 
 
