@@ -44,7 +44,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then 
 pip_quiet install -q -r requirements.txt "torch==2.13.0" "$ORT"
 
 echo "setup: ROS interface packages missing from PyPI"
-bash tools/build_msgs.sh "$VENV" tools/msgs/tf2_msgs
+# interbotix_xs_msgs: the command messages of Interbotix/Trossen-driven ALOHA arms
+bash tools/build_msgs.sh "$VENV" tools/msgs/tf2_msgs tools/msgs/interbotix_xs_msgs
 
 echo "setup: clamp_ros (editable)"
 pip_quiet install -q --no-deps --no-build-isolation -e .
