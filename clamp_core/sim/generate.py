@@ -39,7 +39,8 @@ class Job:
     out_dir: str
     width: int = 640
     height: int = 480
-    compression: str | None = None
+    compression: str | None = "gzip"
+    """Of images and depth: 'gzip', 'lzf' or None (see ``EpisodeWriter``)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,14 @@ def run_job(job: Job) -> JobResult:
             writer="clamp generate",
         )
         cams = [CameraCalib.from_pinhole(n, sim.intrinsics[n]) for n in meta.camera_names]
-        with EpisodeWriter(path, meta, cams, create_dirs=True) as writer:
+        with EpisodeWriter(
+            path,
+            meta,
+            cams,
+            compression=job.compression,
+            depth_compression=job.compression,
+            create_dirs=True,
+        ) as writer:
 
             def record(step, frame, action):
                 writer.add_frame(

@@ -34,7 +34,7 @@ from clamp_core.data import (
     is_complete,
     partial_path,
 )
-from clamp_core.data.episode import normalize_positions
+from clamp_core.data.episode import GZIP_LEVEL, normalize_positions
 
 REPO = Path(__file__).resolve().parents[3]
 CAMS = ("cam_a", "cam_b")
@@ -167,6 +167,24 @@ def test_round_trip_every_field(tmp_path, compression):
                 )
 
 
+def test_camera_frames_are_compressed_by_default(tmp_path):
+    # rendered frames are mostly flat areas (table, background) with a few objects
+    frames = make_frames(T=6)
+    for t, fr in enumerate(frames):
+        image = np.full((H, W, 3), 120, np.uint8)
+        image[5:12, 4 + t : 14 + t] = (200, 30, 30)
+        depth = np.full((H, W), 900, np.uint16)
+        depth[5:12, 4 + t : 14 + t] = 850
+        fr["images"] = {c: image for c in CAMS}
+        fr["depth_mm"] = {c: depth for c in CAMS}
+    write_episode(tmp_path / "raw.hdf5", frames, compression=None, depth_compression=None)
+    write_episode(tmp_path / "default.hdf5", frames)
+    with h5py.File(tmp_path / "raw.hdf5") as raw, h5py.File(tmp_path / "default.hdf5") as packed:
+        for key in ("observations/images/cam_a", "observations/depth/cam_b"):
+            assert packed[key].id.get_storage_size() < 0.5 * raw[key].id.get_storage_size()
+            np.testing.assert_array_equal(packed[key][()], raw[key][()])
+
+
 def test_plain_h5py_layout(episode):
     path, frames = episode
     T = len(frames)
@@ -185,8 +203,10 @@ def test_plain_h5py_layout(episode):
         assert f["task_progress"].shape == (T,) and f["task_progress"].dtype == np.int32
         img = f["observations/images/cam_a"]
         assert img.shape == (T, H, W, 3) and img.dtype == np.uint8 and img.chunks[0] == 1
+        assert (img.compression, img.compression_opts) == ("gzip", GZIP_LEVEL)
         dep = f["observations/depth/cam_b"]
-        assert dep.shape == (T, H, W) and dep.dtype == np.uint16 and dep.compression == "lzf"
+        assert dep.shape == (T, H, W) and dep.dtype == np.uint16 and dep.chunks[0] == 1
+        assert (dep.compression, dep.compression_opts, dep.shuffle) == ("gzip", GZIP_LEVEL, True)
         K = f["cameras/cam_a/K"]
         assert K.shape == (3, 3) and K.dtype == np.float64
         assert (K.attrs["width"], K.attrs["height"]) == (W, H)
