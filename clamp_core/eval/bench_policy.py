@@ -42,29 +42,6 @@ def _observation(meta, rng):
     )
 
 
-def _fake_checkpoint_meta(cfg) -> dict:
-    """What export needs from a checkpoint, for an untrained model."""
-    from ..data.episode import ALOHA_JOINT_NAMES
-    from ..perception.config import PerceptionConfig
-    from ..policy.schedule import ScheduleConfig
-    from ..training.data import perception_for_episodes
-
-    cams = [c.name for c in PerceptionConfig().cameras]
-    lo = [-1.5] * cfg.action_dim
-    hi = [1.5] * cfg.action_dim
-    return {
-        "tasks": [],
-        "instruction": "",
-        "joint_names": list(ALOHA_JOINT_NAMES),
-        "cameras": cams,
-        "perception": perception_for_episodes(cams, cfg.view_size).to_dict(),
-        "norm": {"qpos": {"min": lo, "max": hi}, "action": {"min": lo, "max": hi}},
-        "schedule": ScheduleConfig().to_dict(),
-        "train_config": {},
-        "step": 0,
-    }
-
-
 class TorchEagerPolicy:
     """The baseline: the same predict() with eager torch modules instead of ORT sessions."""
 
@@ -137,7 +114,7 @@ def bench_preset(
     from ..models.clamp import ClampModel
     from ..models.config import preset
     from ..policy.runtime import OnnxPolicy
-    from ..training.export import build_metadata, export_graphs, parity
+    from ..training.export import build_metadata, export_graphs, parity, untrained_checkpoint_meta
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("bench policy --device cuda: torch sees no CUDA device")
@@ -153,7 +130,7 @@ def bench_preset(
         export_graphs(model, d)
         export_s = time.perf_counter() - t0
         diff = parity(model, d, _sched(), trials=1)
-        ck = _fake_checkpoint_meta(cfg)
+        ck = untrained_checkpoint_meta(cfg)
         meta = build_metadata(ck, cfg, f"bench-{name}", diff)
         meta.save(d / "metadata.json")
         size_mb = sum(p.stat().st_size for p in d.iterdir()) / 1e6

@@ -201,6 +201,50 @@ def build_metadata(ck: dict, cfg: ModelConfig, name: str, parity_diff: float | N
     )
 
 
+def untrained_checkpoint_meta(cfg: ModelConfig, perception: dict | None = None) -> dict:
+    """What export needs from a checkpoint, for a model that was never trained (benchmarks and
+    plumbing tests): ALOHA joint names, the default cameras, unit normalisation."""
+    from ..data.episode import ALOHA_JOINT_NAMES
+    from ..perception.config import PerceptionConfig
+    from .data import perception_for_episodes
+
+    if perception is None:
+        cams = [c.name for c in PerceptionConfig().cameras]
+        perception = perception_for_episodes(cams, cfg.view_size).to_dict()
+    cams = list(perception["camera_names"])
+    lo, hi = [-1.5] * cfg.action_dim, [1.5] * cfg.action_dim
+    return {
+        "tasks": [],
+        "instruction": "",
+        "joint_names": list(ALOHA_JOINT_NAMES),
+        "cameras": cams,
+        "perception": perception,
+        "norm": {"qpos": {"min": lo, "max": hi}, "action": {"min": lo, "max": hi}},
+        "schedule": ScheduleConfig().to_dict(),
+        "train_config": {"preset": "untrained"},
+        "step": 0,
+    }
+
+
+def export_untrained(
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    perception: dict | None = None,
+    seed: int = 0,
+    verify: bool = True,
+) -> PolicyMetadata:
+    """Export a randomly initialised model (seeded) with :func:`untrained_checkpoint_meta`."""
+    torch.manual_seed(seed)
+    model = ClampModel(cfg).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export_graphs(model, out)
+    diff = parity(model, out, ScheduleConfig(), trials=1) if verify else None
+    meta = build_metadata(untrained_checkpoint_meta(cfg, perception), cfg, out.name, diff)
+    meta.save(out / "metadata.json")
+    return meta
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
