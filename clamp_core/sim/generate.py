@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,16 @@ from .tasks import make_task
 
 HOLD_AFTER_SUCCESS = 25
 """Steps recorded after the success detector fires (0.5 s of the goal state)."""
+WORKER_THREADS = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "LP_NUM_THREADS": "1",  # Mesa llvmpipe's rasteriser threads
+}
+"""Thread pools of each worker process when there are several: every library sizes its pool to
+the machine, so N workers would run N pools of N threads each. Variables already set in the
+environment are left as they are."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +181,8 @@ def generate(jobs: list[Job], workers: int = 1, progress: bool = True):
         results = map(run_job, jobs)
         pool = None
     else:
-        pool = mp.get_context("spawn").Pool(workers)
+        with _environment(WORKER_THREADS):  # the workers inherit it when they start
+            pool = mp.get_context("spawn").Pool(workers)
         results = pool.imap_unordered(run_job, jobs)
     counts: dict[str, int] = {}
     try:
@@ -186,3 +198,15 @@ def generate(jobs: list[Job], workers: int = 1, progress: bool = True):
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+@contextmanager
+def _environment(defaults: dict[str, str]):
+    """Set the variables of ``defaults`` that are not set yet, for the duration of the block."""
+    added = [k for k in defaults if k not in os.environ]
+    os.environ.update({k: defaults[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)

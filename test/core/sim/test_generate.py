@@ -4,6 +4,7 @@ objects where the simulator says they are."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from clamp_core import cli  # noqa: E402
 from clamp_core.data import EpisodeReader, check_dataset, episode_path  # noqa: E402
 from clamp_core.geometry.camera import PinholeCamera  # noqa: E402
 from clamp_core.perception import PerceptionConfig, PerceptionPipeline, RgbdFrame  # noqa: E402
-from clamp_core.sim.generate import Job, generate  # noqa: E402
+from clamp_core.sim.generate import WORKER_THREADS, Job, _environment, generate  # noqa: E402
 from clamp_core.sim.tasks.transfer_cube import CUBE_HALF  # noqa: E402
 
 
@@ -107,3 +108,32 @@ def test_cli_json_summary_counts_skips(dataset, capsys):
         "failed": 0,
         "error": 0,
     }
+
+
+def test_worker_processes_write_the_same_episodes_as_one_process(dataset, tmp_path):
+    out, _ = dataset
+    jobs = [Job("transfer_cube", s, str(tmp_path), 160, 120) for s in (11, 12)]
+    results = list(generate(jobs, workers=2, progress=False))
+    assert sorted((r.seed, r.status) for r in results) == [(11, "written"), (12, "written")]
+    with (
+        EpisodeReader(episode_path(out, "transfer_cube", 11)) as a,
+        EpisodeReader(episode_path(tmp_path, "transfer_cube", 11)) as b,
+    ):
+        assert len(a) == len(b)
+        for t in (0, len(a) // 2, len(a) - 1):
+            fa, fb = a.frame(t), b.frame(t)
+            np.testing.assert_array_equal(fa["qpos"], fb["qpos"])
+            for cam in fa["images"]:
+                np.testing.assert_array_equal(fa["images"][cam], fb["images"][cam])
+                np.testing.assert_array_equal(fa["depth_mm"][cam], fb["depth_mm"][cam])
+
+
+def test_workers_get_one_thread_per_pool_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with _environment({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}):
+        assert os.environ["OMP_NUM_THREADS"] == "3"  # the user's choice stands
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the parent process is left as it was
+    assert WORKER_THREADS["OPENBLAS_NUM_THREADS"] == "1"
