@@ -1,0 +1,354 @@
+"""The always-on safety filter between chunk execution and the robot.
+
+Every trajectory the policy node sends passes ``SafetyFilter.filter``: it is clipped to the joint
+position limits and velocity-limited point by point (from the measured joint state on), and it is
+suppressed altogether, with a reason, when commanding is disabled, the measured state is missing
+or non-finite, an input has gone stale, or the command itself holds NaN. Bad numbers never raise;
+only calls with the wrong shapes (programming errors) do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# vx300s joint ranges (rad), the same for both arms: gym-aloha's MuJoCo model (gym_aloha 0.1.5,
+# assets/vx300s_left.xml / vx300s_right.xml, model.jnt_range of vx300s_<side>/<joint>), copied so
+# that the runtime does not need MuJoCo; test_safety asserts they still equal the model's.
+VX300S_JOINT_RANGES: dict[str, tuple[float, float]] = {
+    "waist": (-3.14158, 3.14158),
+    "shoulder": (-1.85005, 1.25664),
+    "elbow": (-1.76278, 1.6057),
+    "forearm_roll": (-3.14158, 3.14158),
+    "wrist_angle": (-1.8675, 2.23402),
+    "wrist_rotate": (-3.14158, 3.14158),
+}
+VX300S_MAX_VELOCITY = math.pi
+"""rad/s for every arm joint: the Interbotix vx300s URDF's <limit velocity="${pi}">. The sim's
+scripted experts move at most 0.06 rad per 20 ms step (3 rad/s), so expert-like motion passes."""
+GRIPPER_MAX_VELOCITY = 5.0
+"""Normalised gripper units/s: a full stroke (0 closed .. 1 open) takes at least 0.2 s. Experts
+and policies command open/close as one-step jumps; this turns them into a short ramp."""
+
+POSITION_LIMIT = "position_limit"
+VELOCITY_LIMIT = "velocity_limit"
+
+
+@dataclass
+class SafetyConfig:
+    """Limits and freshness thresholds of the safety filter; one field per ROS parameter."""
+
+    joint_names: list[str]
+    """The command's columns, in order (A names; ALOHA: 14)."""
+    position_min: list[float]
+    """(A,) lower position limits: rad for arm joints, grippers in their own (normalised) units."""
+    position_max: list[float]
+    """(A,) upper position limits, same units as position_min."""
+    max_velocity: list[float]
+    """(A,) largest speed a command may ask for, units/s (> 0)."""
+    gripper_indices: tuple[int, ...] = (6, 13)
+    """Columns that hold grippers (ALOHA: left 6, right 13)."""
+    gripper_min: float = 0.0
+    """Gripper lower limit (normalised: 0 closed); applies on top of position_min."""
+    gripper_max: float = 1.0
+    """Gripper upper limit (normalised: 1 open); applies on top of position_max."""
+    max_input_age_s: float = 0.5
+    """Watchdog: suppress commands when any input (camera, joint state, tf) is older, s."""
+    max_chunk_age_s: float = 1.0
+    """Suppress commands planned from an observation older than this, s."""
+    control_period_s: float = 0.02
+    """Shortest time over which the first point may move away from the measured state, s."""
+
+    def __post_init__(self):
+        if isinstance(self.joint_names, str) or len(self.joint_names) == 0:
+            raise ValueError(
+                f"joint_names: needs a non-empty list of names, got {self.joint_names}"
+            )
+        self.joint_names = [str(n) for n in self.joint_names]
+        if len(set(self.joint_names)) != len(self.joint_names):
+            raise ValueError(f"joint_names: must be unique, got {self.joint_names}")
+        A = len(self.joint_names)
+        for name in ("position_min", "position_max", "max_velocity"):
+            values = getattr(self, name)
+            try:
+                values = [float(v) for v in values]
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: needs {A} numbers, got {values!r}") from None
+            if len(values) != A or not all(math.isfinite(v) for v in values):
+                raise ValueError(
+                    f"{name}: needs {A} finite numbers, one per joint of joint_names, got {values}"
+                )
+            setattr(self, name, values)
+        bad = [n for n, v in zip(self.joint_names, self.max_velocity) if v <= 0]
+        if bad:
+            raise ValueError(f"max_velocity: must be > 0; raise it for {bad}")
+        bad = [
+            n
+            for n, lo, hi in zip(self.joint_names, self.position_min, self.position_max)
+            if lo > hi
+        ]
+        if bad:
+            raise ValueError(f"position_min > position_max for {bad}; swap or fix those limits")
+        g = tuple(self.gripper_indices)
+        if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in g) or any(
+            not 0 <= i < A for i in g
+        ):
+            raise ValueError(f"gripper_indices: needs column indices in [0, {A}), got {g}")
+        if len(set(g)) != len(g):
+            raise ValueError(f"gripper_indices: must be unique, got {g}")
+        self.gripper_indices = tuple(int(i) for i in g)
+        for name in ("gripper_min", "gripper_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}: needs a finite number, got {v!r}")
+        if self.gripper_min > self.gripper_max:
+            raise ValueError(
+                f"gripper_min ({self.gripper_min}) > gripper_max ({self.gripper_max}); swap them"
+            )
+        lo, hi = self.limits()
+        bad = [self.joint_names[i] for i in g if lo[i] > hi[i]]
+        if bad:
+            raise ValueError(
+                f"gripper_min/gripper_max [{self.gripper_min}, {self.gripper_max}] do not overlap "
+                f"position_min/position_max of {bad}; make the two ranges overlap"
+            )
+        for name in ("max_input_age_s", "max_chunk_age_s", "control_period_s"):
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not (math.isfinite(v) and v > 0)
+            ):
+                raise ValueError(f"{name}: needs a finite number > 0 (seconds), got {v!r}")
+
+    def limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Effective position limits (lo (A,), hi (A,)) float64: position_min/max, with the
+        gripper columns narrowed to [gripper_min, gripper_max] (both constraints hold)."""
+        lo = np.array(self.position_min, dtype=np.float64)
+        hi = np.array(self.position_max, dtype=np.float64)
+        for i in self.gripper_indices:
+            lo[i] = max(lo[i], float(self.gripper_min))
+            hi[i] = min(hi[i], float(self.gripper_max))
+        return lo, hi
+
+
+def aloha_defaults(**overrides) -> SafetyConfig:
+    """SafetyConfig for the bimanual ALOHA (two vx300s, normalised grippers) in the 14-D ALOHA
+    order; ``overrides`` replace fields (e.g. ``max_input_age_s=0.3``)."""
+    from ..data.episode import ALOHA_JOINT_NAMES, GRIPPER_INDICES  # h5py only when called
+
+    lo, hi, vmax = [], [], []
+    for name in ALOHA_JOINT_NAMES:
+        joint = name.split("_", 1)[1]
+        gripper = joint == "gripper"
+        low, high = (0.0, 1.0) if gripper else VX300S_JOINT_RANGES[joint]
+        lo.append(low)
+        hi.append(high)
+        vmax.append(GRIPPER_MAX_VELOCITY if gripper else VX300S_MAX_VELOCITY)
+    fields = dict(
+        joint_names=list(ALOHA_JOINT_NAMES),
+        position_min=lo,
+        position_max=hi,
+        max_velocity=vmax,
+        gripper_indices=tuple(GRIPPER_INDICES),
+        gripper_min=0.0,
+        gripper_max=1.0,
+    )
+    fields.update(overrides)
+    return SafetyConfig(**fields)
+
+
+@dataclass
+class SafetyResult:
+    """What may be commanded. Exactly one of ``positions`` and ``suppressed`` is None."""
+
+    positions: np.ndarray | None
+    """(K, A) float64 safe positions at the input times, or None when suppressed."""
+    suppressed: str | None
+    """Why nothing may be commanded (e.g. "disabled", "stale input 'cam_high' (0.83 s > 0.50 s)");
+    None when ``positions`` is set."""
+    clipped: dict[str, int]
+    """Values changed per reason: "position_limit", "velocity_limit" (0 when suppressed)."""
+    hold_position: np.ndarray | None
+    """(A,) measured joint state clipped to the limits (what to command to hold still); None
+    when the measured state is missing or non-finite."""
+
+    @property
+    def ok(self) -> bool:
+        return self.positions is not None
+
+
+class SafetyFilter:
+    """Applies a ``SafetyConfig`` to planned trajectories; stateless between calls."""
+
+    def __init__(self, cfg: SafetyConfig):
+        self.cfg = cfg
+        self.lo, self.hi = cfg.limits()
+        self.max_velocity = np.array(cfg.max_velocity, dtype=np.float64)
+
+    def filter(
+        self,
+        times_ns: np.ndarray,
+        positions: np.ndarray,
+        measured_qpos: np.ndarray | None,
+        measured_stamp_ns: int | None,
+        input_stamps: Mapping[str, int | None],
+        now_ns: int,
+        enabled: bool,
+        chunk_stamp_ns: int | None = None,
+    ) -> SafetyResult:
+        """Make a planned trajectory safe, or say why nothing may be commanded.
+
+        ``times_ns`` (K,) integer stamps of the points; ``positions`` (K, A) in
+        ``cfg.joint_names`` order; ``measured_qpos`` (A,) and its ``measured_stamp_ns`` (None:
+        not received yet); ``input_stamps`` name -> newest stamp of each watched input (None:
+        never received); ``now_ns`` the control clock; ``enabled`` the operator's switch;
+        ``chunk_stamp_ns`` the observation stamp the plan was computed from (None: not
+        checked). Suppression reasons are checked in this order: disabled, measured state,
+        stale inputs, stale chunk, malformed command. Raises ValueError only for wrong shapes
+        or types (programming errors)."""
+        A = len(self.cfg.joint_names)
+        times = np.asarray(times_ns)
+        if times.ndim != 1 or not (times.size == 0 or np.issubdtype(times.dtype, np.integer)):
+            raise ValueError(
+                f"times_ns: needs a (K,) integer array of ns stamps, got {times.dtype} "
+                f"{times.shape}"
+            )
+        pos = np.asarray(positions)
+        if pos.shape != (times.shape[0], A) or not _is_real(pos):
+            raise ValueError(
+                f"positions: needs a ({times.shape[0]}, {A}) real array matching times_ns and "
+                f"joint_names, got {pos.dtype} {pos.shape}"
+            )
+        if measured_qpos is not None:
+            measured = np.asarray(measured_qpos)
+            if measured.shape != (A,) or not _is_real(measured):
+                raise ValueError(
+                    f"measured_qpos: needs a ({A},) real array, got {measured.dtype} "
+                    f"{measured.shape}"
+                )
+            measured = measured.astype(np.float64)
+        else:
+            measured = None
+        now = _stamp("now_ns", now_ns)
+        m_stamp = None
+        if measured_stamp_ns is not None:
+            m_stamp = _stamp("measured_stamp_ns", measured_stamp_ns)
+
+        hold = None
+        if measured is not None and np.isfinite(measured).all():
+            hold = np.clip(measured, self.lo, self.hi)
+        clipped = {POSITION_LIMIT: 0, VELOCITY_LIMIT: 0}
+
+        def suppress(reason: str) -> SafetyResult:
+            return SafetyResult(None, reason, clipped, hold)
+
+        if not enabled:
+            return suppress("disabled")
+        if measured is None or m_stamp is None:
+            return suppress("measured joint state missing")
+        if hold is None:
+            bad = [n for n, ok in zip(self.cfg.joint_names, np.isfinite(measured)) if not ok]
+            return suppress(f"measured joint state non-finite ({', '.join(bad)})")
+        max_age = self.cfg.max_input_age_s
+        stale = []
+        m_age = (now - m_stamp) * 1e-9
+        if m_age > max_age:
+            stale.append((m_age, f"stale measured joint state ({m_age:.2f} s > {max_age:.2f} s)"))
+        for name in sorted(input_stamps):
+            stamp = input_stamps[name]
+            if stamp is None:
+                stale.append((math.inf, f"no input '{name}' received"))
+                continue
+            age = (now - _stamp(f"input_stamps['{name}']", stamp)) * 1e-9
+            if age > max_age:
+                stale.append((age, f"stale input '{name}' ({age:.2f} s > {max_age:.2f} s)"))
+        if stale:
+            stale.sort(key=lambda x: -x[0])  # the oldest first
+            return suppress("; ".join(text for _, text in stale))
+        if chunk_stamp_ns is not None:
+            age = (now - _stamp("chunk_stamp_ns", chunk_stamp_ns)) * 1e-9
+            if age > self.cfg.max_chunk_age_s:
+                return suppress(f"stale chunk ({age:.2f} s > {self.cfg.max_chunk_age_s:.2f} s)")
+        if times.size == 0:
+            return suppress("empty trajectory")
+        finite = np.isfinite(pos)
+        if not finite.all():
+            return suppress(f"non-finite command ({int(finite.size - finite.sum())} values)")
+        if (np.diff(times) <= 0).any():
+            return suppress("command times not strictly increasing")
+
+        target = np.clip(pos.astype(np.float64), self.lo, self.hi)
+        clipped[POSITION_LIMIT] = int(np.count_nonzero(target != pos))
+        out = np.empty_like(target)
+        prev = hold  # a measured state just beyond a limit counts as at the limit
+        dt_s = np.empty(len(times))
+        dt_s[0] = max((int(times[0]) - m_stamp) * 1e-9, self.cfg.control_period_s)
+        dt_s[1:] = np.diff(times) * 1e-9
+        limited = 0
+        for k in range(len(times)):
+            step_max = self.max_velocity * dt_s[k]
+            d = target[k] - prev
+            over = np.abs(d) > step_max
+            # untouched values are passed through bit for bit (identity on safe input)
+            out[k] = np.where(over, prev + np.clip(d, -step_max, step_max), target[k])
+            limited += int(np.count_nonzero(over))
+            prev = out[k]
+        clipped[VELOCITY_LIMIT] = limited
+        return SafetyResult(out, None, clipped, hold)
+
+
+class Watchdog:
+    """Newest stamp of each watched input; says which are older than ``max_age_s``.
+
+    ``expected``: names that count as stale (age inf) until first touched."""
+
+    def __init__(self, max_age_s: float, expected: Sequence[str] = ()):
+        if not (isinstance(max_age_s, (int, float)) and math.isfinite(max_age_s) and max_age_s > 0):
+            raise ValueError(f"max_age_s: needs a finite number > 0 (seconds), got {max_age_s!r}")
+        self.max_age_s = float(max_age_s)
+        self.expected = [str(n) for n in expected]
+        self._stamps: dict[str, int] = {}
+
+    def touch(self, name: str, stamp_ns: int) -> None:
+        """Record that input ``name`` delivered data stamped ``stamp_ns`` (older stamps than
+        the newest seen are ignored)."""
+        stamp = _stamp("stamp_ns", stamp_ns)
+        if stamp > self._stamps.get(name, stamp - 1):
+            self._stamps[name] = stamp
+
+    def stale(self, now_ns: int) -> list[tuple[str, float]]:
+        """(name, age_s) of every input older than max_age_s at ``now_ns``, oldest first;
+        expected inputs never touched have age inf."""
+        now = _stamp("now_ns", now_ns)
+        out = [(n, math.inf) for n in self.expected if n not in self._stamps]
+        for name, stamp in self._stamps.items():
+            age = (now - stamp) * 1e-9
+            if age > self.max_age_s:
+                out.append((name, age))
+        return sorted(out, key=lambda x: -x[1])
+
+    @property
+    def stamps(self) -> dict[str, int | None]:
+        """name -> newest stamp (None for expected inputs never touched): the filter's
+        ``input_stamps``."""
+        out: dict[str, int | None] = {n: None for n in self.expected}
+        out.update(self._stamps)
+        return out
+
+    def reset(self) -> None:
+        """Forget every stamp (time jumped backwards, or a new episode)."""
+        self._stamps.clear()
+
+
+def _is_real(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+
+
+def _stamp(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: needs an integer time in ns, got {value!r}")
+    return int(value)

@@ -1,0 +1,414 @@
+"""The safety filter: position and velocity limits that hold for any input, suppression with a
+reason for anything unsafe, identity on safe input; the ALOHA limits table; the watchdog."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from clamp_core.policy.safety import (
+    GRIPPER_MAX_VELOCITY,
+    VX300S_JOINT_RANGES,
+    VX300S_MAX_VELOCITY,
+    SafetyConfig,
+    SafetyFilter,
+    Watchdog,
+    aloha_defaults,
+)
+
+T0 = 1_700_000_000_000_000_000
+MS = 1_000_000
+CFG = aloha_defaults()
+LO, HI = CFG.limits()
+VMAX = np.array(CFG.max_velocity)
+A = 14
+
+
+def run(f: SafetyFilter, times, positions, measured, measured_stamp=T0, now=None, **kw):
+    kw.setdefault("input_stamps", {"cam_high": T0, "joint_states": T0})
+    kw.setdefault("enabled", True)
+    now = T0 + 10 * MS if now is None else now
+    return f.filter(
+        np.asarray(times, np.int64), positions, measured, measured_stamp, now_ns=now, **kw
+    )
+
+
+def random_case(rng: np.random.Generator, scale: float):
+    """Random times (K,) after a measured stamp and positions (K, A) that may be far out of the
+    limits and jump anywhere; a measured state within the limits."""
+    K = int(rng.integers(1, 60))
+    first = T0 + int(rng.integers(-30 * MS, 60 * MS))  # before, at or after the measurement
+    dts = rng.integers(1, 60 * MS, K - 1)  # 1 ns .. 60 ms
+    times = first + np.concatenate([[0], np.cumsum(dts)])
+    mid, half = (LO + HI) / 2, (HI - LO) / 2
+    positions = mid + half * scale * rng.uniform(-1, 1, (K, A))
+    if rng.random() < 0.5:  # sometimes a smooth trajectory that only now and then breaks out
+        walk = np.cumsum(rng.normal(0, 0.05, (K, A)), axis=0)
+        positions = mid + walk * scale
+    measured = rng.uniform(LO, HI)
+    return times, positions, measured
+
+
+def check_limits(out, times, measured, measured_stamp=T0, lo=LO, hi=HI, vmax=VMAX, period=0.02):
+    """Independent check: inside the position limits, and no step faster than vmax, the first
+    one measured from the measured state over at least one control period."""
+    assert out.shape[1] == len(lo)
+    assert (out >= lo).all() and (out <= hi).all()
+    prev, prev_t = np.asarray(measured, float), None
+    for k in range(len(times)):
+        if prev_t is None:
+            dt = max((int(times[0]) - measured_stamp) / 1e9, period)
+        else:
+            dt = (int(times[k]) - prev_t) / 1e9
+        step = np.abs(out[k] - prev)
+        assert (step <= vmax * dt * (1 + 1e-9) + 1e-12).all(), (k, step - vmax * dt)
+        prev, prev_t = out[k], int(times[k])
+
+
+# ------------------------------------------------------------------------------ limits table
+def test_aloha_limits_equal_the_gym_aloha_model():
+    pytest.importorskip("mujoco")
+    pytest.importorskip("gym_aloha")
+    from clamp_core.sim.aloha import (
+        ARM_JOINTS,
+        JOINT_NAMES,
+        SIDES,
+        AlohaSim,
+        finger_to_gripper,
+    )
+
+    sim = AlohaSim(render=False)
+    try:
+        model = sim.model
+        assert CFG.joint_names == JOINT_NAMES
+        for side in SIDES:
+            for joint in ARM_JOINTS:
+                lo, hi = model.jnt_range[model.joint(f"vx300s_{side}/{joint}").id]
+                assert VX300S_JOINT_RANGES[joint] == (lo, hi), (side, joint)
+                i = CFG.joint_names.index(f"{side}_{joint}")
+                assert (CFG.position_min[i], CFG.position_max[i]) == (lo, hi)
+            # the normalised gripper spans the finger joint's whole range
+            lo, hi = model.jnt_range[model.joint(f"vx300s_{side}/left_finger").id]
+            i = CFG.joint_names.index(f"{side}_gripper")
+            assert finger_to_gripper(lo) == pytest.approx(CFG.position_min[i], abs=1e-12)
+            assert finger_to_gripper(hi) == pytest.approx(CFG.position_max[i], abs=1e-12)
+            assert i in CFG.gripper_indices
+    finally:
+        sim.close()
+
+
+def test_aloha_defaults():
+    assert CFG.gripper_indices == (6, 13)
+    assert (CFG.gripper_min, CFG.gripper_max) == (0.0, 1.0)
+    for i in range(A):
+        expected = GRIPPER_MAX_VELOCITY if i in (6, 13) else VX300S_MAX_VELOCITY
+        assert CFG.max_velocity[i] == expected
+    assert aloha_defaults(max_input_age_s=0.3).max_input_age_s == 0.3
+
+
+def test_expert_like_motion_passes_the_defaults_unchanged():
+    """The scripted experts move a joint at most 0.06 rad per 20 ms step."""
+    f = SafetyFilter(CFG)
+    start = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 1.0] * 2)
+    steps = np.zeros((20, A))
+    steps[:, [0, 1, 3, 5, 7, 8, 10, 12]] = 0.06  # 1.2 rad in all: joints with room for it
+    times = T0 + 20 * MS * np.arange(1, 21)
+    res = run(f, times, start + np.cumsum(steps, axis=0), start)
+    assert res.ok and res.clipped == {"position_limit": 0, "velocity_limit": 0}
+
+
+# ------------------------------------------------------------------------------ configuration
+def _cfg(**kw):
+    fields = dict(
+        joint_names=["a", "b", "g"],
+        position_min=[-1.0, -2.0, 0.0],
+        position_max=[1.0, 2.0, 1.0],
+        max_velocity=[1.0, 2.0, 5.0],
+        gripper_indices=(2,),
+    )
+    fields.update(kw)
+    return SafetyConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"joint_names": []}, "joint_names"),
+        ({"joint_names": ["a", "a", "g"]}, "unique"),
+        ({"position_min": [0.0, 0.0]}, "position_min: needs 3"),
+        ({"position_max": [1.0, math.nan, 1.0]}, "position_max: needs 3 finite"),
+        ({"max_velocity": [1.0, 0.0, 1.0]}, r"max_velocity: must be > 0.*'b'"),
+        ({"position_min": [2.0, -2.0, 0.0]}, r"position_min > position_max for \['a'\]"),
+        ({"gripper_indices": (3,)}, "gripper_indices"),
+        ({"gripper_indices": (2, 2)}, "gripper_indices"),
+        ({"gripper_min": 1.0, "gripper_max": 0.0}, "gripper_min"),
+        ({"gripper_min": 2.0, "gripper_max": 3.0}, "overlap"),
+        ({"max_input_age_s": 0.0}, "max_input_age_s"),
+        ({"max_chunk_age_s": -1.0}, "max_chunk_age_s"),
+        ({"control_period_s": math.inf}, "control_period_s"),
+    ],
+)
+def test_config_errors_say_what_to_change(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**kw)
+
+
+def test_gripper_limits_and_position_limits_both_hold():
+    cfg = _cfg(position_min=[-1.0, -2.0, -0.5], position_max=[1.0, 2.0, 0.8])
+    lo, hi = cfg.limits()
+    np.testing.assert_array_equal(lo, [-1.0, -2.0, 0.0])  # gripper_min 0 is tighter
+    np.testing.assert_array_equal(hi, [1.0, 2.0, 0.8])  # position_max 0.8 is tighter
+
+
+# ------------------------------------------------------------------------------ properties
+def test_output_never_leaves_the_position_and_velocity_limits():
+    f = SafetyFilter(CFG)
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        times, positions, measured = random_case(rng, scale=float(rng.choice([0.5, 1.5, 20.0])))
+        res = run(f, times, positions, measured, now=int(times[0]))
+        assert res.ok, res.suppressed
+        check_limits(res.positions, times, measured)
+        outside = (positions < LO) | (positions > HI)
+        assert res.clipped["position_limit"] == int(outside.sum())
+
+
+def test_limits_hold_for_any_configuration():
+    for seed in range(300):
+        rng = np.random.default_rng(1000 + seed)
+        n = int(rng.integers(1, 8))
+        lo = rng.uniform(-3, 0, n)
+        hi = lo + rng.uniform(0, 3, n)
+        vmax = rng.uniform(0.01, 10, n)
+        period = float(rng.uniform(0.001, 0.05))
+        cfg = SafetyConfig(
+            [f"j{i}" for i in range(n)], lo, hi, vmax, gripper_indices=(), control_period_s=period
+        )
+        K = int(rng.integers(1, 30))
+        times = T0 + np.cumsum(rng.integers(1, 50 * MS, K))
+        positions = rng.normal(0, 5, (K, n))
+        measured = rng.uniform(lo, hi)
+        m_stamp = T0 + int(rng.integers(-20 * MS, 20 * MS))
+        res = SafetyFilter(cfg).filter(times, positions, measured, m_stamp, {}, T0, True)
+        assert res.ok
+        check_limits(res.positions, times, measured, m_stamp, lo, hi, vmax, period)
+
+
+def test_filter_is_the_identity_on_safe_input():
+    f = SafetyFilter(CFG)
+    for seed in range(300):
+        rng = np.random.default_rng(2000 + seed)
+        K = int(rng.integers(1, 60))
+        dt_ns = int(rng.integers(5 * MS, 40 * MS))
+        times = T0 + dt_ns * np.arange(1, K + 1)
+        measured = rng.uniform(LO + 0.2 * (HI - LO), HI - 0.2 * (HI - LO))
+        steps = rng.uniform(-0.9, 0.9, (K, A)) * VMAX * min(dt_ns / 1e9, 0.02)
+        positions = np.clip(measured + np.cumsum(steps, axis=0), LO, HI)
+        res = run(f, times, positions, measured, now=T0)
+        assert res.ok
+        np.testing.assert_array_equal(res.positions, positions)  # bit for bit
+        assert res.clipped == {"position_limit": 0, "velocity_limit": 0}
+
+
+def test_a_jump_becomes_a_ramp_at_max_velocity():
+    f = SafetyFilter(CFG)
+    measured = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 1.0] * 2)
+    target = measured.copy()
+    target[0] += 1.0  # left waist: 1 rad at once
+    target[6] = 0.05  # left gripper: close at once
+    times = T0 + 20 * MS * np.arange(1, 31)
+    res = run(f, times, np.tile(target, (30, 1)), measured)
+    k = np.arange(1, 31)
+    np.testing.assert_allclose(res.positions[:, 0], np.minimum(k * math.pi * 0.02, 1.0))
+    np.testing.assert_allclose(
+        res.positions[:, 6], np.maximum(1.0 - k * 5.0 * 0.02, 0.05), rtol=0, atol=1e-12
+    )
+    np.testing.assert_array_equal(res.positions[:, 1:6], np.tile(measured[1:6], (30, 1)))
+    assert res.clipped["velocity_limit"] == 15 + 9  # steps still limited: waist 15, gripper 9
+
+
+def test_first_point_moves_over_at_least_one_control_period():
+    f = SafetyFilter(CFG)
+    measured = np.zeros(A)
+    target = np.full((1, A), 0.5) * (HI > 0.5)
+    for first in (T0 - 50 * MS, T0, T0 + 1):  # at or before the measurement: one period
+        res = run(f, [first], target, measured)
+        np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.02))
+    res = run(f, [T0 + 100 * MS], target, measured)  # 0.1 s later: 0.314 rad allowed
+    np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.1))
+
+
+def test_measured_state_beyond_a_limit_counts_as_at_the_limit():
+    f = SafetyFilter(CFG)
+    for seed in range(100):
+        rng = np.random.default_rng(3000 + seed)
+        times, positions, _ = random_case(rng, scale=2.0)
+        measured = rng.uniform(LO - 0.1, HI + 0.1)
+        res = run(f, times, positions, measured, now=int(times[0]))
+        np.testing.assert_array_equal(res.hold_position, np.clip(measured, LO, HI))
+        check_limits(res.positions, times, res.hold_position)
+
+
+# ------------------------------------------------------------------------------ suppression
+def test_nan_or_inf_anywhere_in_the_command_suppresses():
+    f = SafetyFilter(CFG)
+    for seed in range(300):
+        rng = np.random.default_rng(4000 + seed)
+        times, positions, measured = random_case(rng, scale=1.0)
+        n_bad = int(rng.integers(1, positions.size + 1))
+        idx = rng.choice(positions.size, n_bad, replace=False)
+        positions.flat[idx] = rng.choice([np.nan, np.inf, -np.inf], n_bad)
+        res = run(f, times, positions, measured, now=int(times[0]))
+        assert res.positions is None
+        assert res.suppressed == f"non-finite command ({n_bad} values)"
+        assert res.clipped == {"position_limit": 0, "velocity_limit": 0}
+        np.testing.assert_array_equal(res.hold_position, measured)
+
+
+def test_missing_or_nan_measured_state_suppresses():
+    f = SafetyFilter(CFG)
+    times, positions = [T0 + 20 * MS], np.zeros((1, A))
+    res = run(f, times, positions, None)
+    assert res.suppressed == "measured joint state missing" and res.hold_position is None
+    res = run(f, times, positions, np.zeros(A), measured_stamp=None)
+    assert res.suppressed == "measured joint state missing"
+    for seed in range(50):
+        rng = np.random.default_rng(5000 + seed)
+        measured = rng.uniform(LO, HI)
+        bad = rng.choice(A, int(rng.integers(1, A + 1)), replace=False)
+        measured[bad] = np.nan
+        res = run(f, times, positions, measured)
+        assert res.positions is None and res.hold_position is None
+        assert res.suppressed.startswith("measured joint state non-finite (")
+        assert all(CFG.joint_names[i] in res.suppressed for i in bad)
+
+
+def test_disabled_always_suppresses_first():
+    f = SafetyFilter(CFG)
+    for seed in range(100):
+        rng = np.random.default_rng(6000 + seed)
+        times, positions, measured = random_case(rng, scale=float(rng.choice([0.5, 5.0])))
+        if rng.random() < 0.3:
+            positions[0, 0] = np.nan
+        res = run(f, times, positions, measured, enabled=False, now=T0 + 10**10)
+        assert res.positions is None and res.suppressed == "disabled"
+        np.testing.assert_array_equal(res.hold_position, measured)
+
+
+def test_stale_inputs_suppress_naming_the_input_and_its_age():
+    f = SafetyFilter(CFG)
+    times, positions, measured = [T0 + 900 * MS], np.zeros((1, A)), np.zeros(A)
+    stamps = {"cam_high": T0 + 70 * MS, "cam_low": T0 + 850 * MS}
+    res = run(
+        f,
+        times,
+        positions,
+        measured,
+        measured_stamp=T0 + 890 * MS,
+        input_stamps=stamps,
+        now=T0 + 900 * MS,
+    )
+    assert res.positions is None
+    assert res.suppressed == "stale input 'cam_high' (0.83 s > 0.50 s)"
+    stamps["cam_low"] = T0 + 300 * MS
+    res = run(
+        f,
+        times,
+        positions,
+        measured,
+        measured_stamp=T0 + 890 * MS,
+        input_stamps=stamps,
+        now=T0 + 900 * MS,
+    )
+    assert res.suppressed == (
+        "stale input 'cam_high' (0.83 s > 0.50 s); stale input 'cam_low' (0.60 s > 0.50 s)"
+    )
+    res = run(
+        f,
+        times,
+        positions,
+        measured,
+        measured_stamp=T0 + 890 * MS,
+        input_stamps={"tf": None},
+        now=T0 + 900 * MS,
+    )
+    assert res.suppressed == "no input 'tf' received"
+    res = run(f, times, positions, measured, measured_stamp=T0, input_stamps={}, now=T0 + 600 * MS)
+    assert res.suppressed == "stale measured joint state (0.60 s > 0.50 s)"
+
+
+def test_any_stale_input_always_suppresses():
+    f = SafetyFilter(CFG)
+    for seed in range(300):
+        rng = np.random.default_rng(7000 + seed)
+        times, positions, measured = random_case(rng, scale=1.0)
+        now = int(times[0])
+        names = [f"input{i}" for i in range(int(rng.integers(1, 6)))]
+        stamps = {n: now - int(rng.integers(0, 500 * MS)) for n in names}  # all fresh
+        stale = rng.choice(names)
+        age_ns = int(rng.integers(500 * MS + 1, 10**10))
+        stamps[stale] = now - age_ns
+        res = run(f, times, positions, measured, measured_stamp=now, input_stamps=stamps, now=now)
+        assert res.positions is None
+        assert f"stale input '{stale}' ({age_ns / 1e9:.2f} s > 0.50 s)" in res.suppressed
+
+
+def test_stale_chunk_suppresses():
+    f = SafetyFilter(CFG)
+    times, positions, measured = [T0 + 20 * MS], np.zeros((1, A)), np.zeros(A)
+    res = run(f, times, positions, measured, chunk_stamp_ns=T0 - 1200 * MS, now=T0)
+    assert res.suppressed == "stale chunk (1.20 s > 1.00 s)"
+    assert run(f, times, positions, measured, chunk_stamp_ns=T0 - 900 * MS, now=T0).ok
+
+
+def test_empty_or_unordered_trajectories_suppress():
+    f = SafetyFilter(CFG)
+    measured = np.zeros(A)
+    res = run(f, np.zeros(0, np.int64), np.zeros((0, A)), measured)
+    assert res.suppressed == "empty trajectory"
+    res = run(f, [T0 + 40 * MS, T0 + 20 * MS], np.zeros((2, A)), measured)
+    assert res.suppressed == "command times not strictly increasing"
+
+
+def test_wrong_shapes_raise():
+    f = SafetyFilter(CFG)
+    with pytest.raises(ValueError, match="positions"):
+        run(f, [T0], np.zeros((1, 13)), np.zeros(A))
+    with pytest.raises(ValueError, match="positions"):
+        run(f, [T0, T0 + 1], np.zeros((1, A)), np.zeros(A))
+    with pytest.raises(ValueError, match="measured_qpos"):
+        run(f, [T0], np.zeros((1, A)), np.zeros(7))
+    with pytest.raises(ValueError, match="times_ns"):
+        f.filter(np.array([0.5]), np.zeros((1, A)), np.zeros(A), T0, {}, T0, True)
+    with pytest.raises(ValueError, match="now_ns"):
+        f.filter(np.array([T0]), np.zeros((1, A)), np.zeros(A), T0, {}, 1.5, True)
+
+
+# ------------------------------------------------------------------------------ watchdog
+def test_watchdog_reports_stale_inputs_oldest_first():
+    wd = Watchdog(0.5, expected=["cam_high", "joint_states", "tf"])
+    wd.touch("cam_high", T0)
+    wd.touch("joint_states", T0 + 400 * MS)
+    wd.touch("joint_states", T0 + 100 * MS)  # late message: the newest stamp stays
+    assert wd.stale(T0 + 300 * MS) == [("tf", math.inf)]
+    stale = wd.stale(T0 + 850 * MS)
+    assert [n for n, _ in stale] == ["tf", "cam_high"]
+    assert stale[1][1] == pytest.approx(0.85)
+    assert wd.stamps == {"cam_high": T0, "joint_states": T0 + 400 * MS, "tf": None}
+    f = SafetyFilter(CFG)
+    res = run(
+        f,
+        [T0 + 860 * MS],
+        np.zeros((1, A)),
+        np.zeros(A),
+        measured_stamp=T0 + 840 * MS,
+        input_stamps=wd.stamps,
+        now=T0 + 850 * MS,
+    )
+    assert res.suppressed == "no input 'tf' received; stale input 'cam_high' (0.85 s > 0.50 s)"
+    wd.reset()
+    assert wd.stamps == {"cam_high": None, "joint_states": None, "tf": None}
+    with pytest.raises(ValueError, match="max_age_s"):
+        Watchdog(0.0)
