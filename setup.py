@@ -18,6 +18,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # shipped models: models/<name>/{metadata.json, *.onnx}
+        *[(f"share/{PACKAGE}/{d.rstrip('/')}", glob(f"{d}*")) for d in sorted(glob("models/*/"))],
     ],
     install_requires=["numpy", "pyyaml"],
     extras_require={"fast": ["numba"], "dev": ["pytest", "ruff"]},
@@ -28,6 +30,7 @@ setup(
             "perception_node = clamp_ros.perception_node:main",
             "synthetic_scene_node = clamp_ros.synthetic_scene_node:main",
             "sim_node = clamp_ros.sim_node:main",
+            "policy_node = clamp_ros.policy_node:main",
         ],
     },
 )

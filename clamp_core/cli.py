@@ -52,13 +52,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sim = bench_sub.add_parser("sim", help="simulation control steps per second per worker")
     sim.add_argument("--task", default="transfer_cube")
     sim.add_argument("--steps", type=int, default=100)
-    sim.add_argument("--episodes", type=int, default=4, help="episodes per generation run")
+    sim.add_argument("--episodes", type=int, default=6, help="episodes per generation run")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_bench_sim)
 
     from .training.cli import add_commands  # torch is imported only when a command runs
 
     add_commands(sub, bench_sub)
+    parser.bench_sub = bench_sub  # for the ROS commands clamp_ros adds (bench e2e)
     return parser, sub
 
 

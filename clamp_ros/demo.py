@@ -39,11 +39,31 @@ def demo_env() -> dict:
 
 
 def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the demo graph on the embedded simulation")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds to watch the output")
-    p.add_argument("--out", default="demo_out", help="folder for pictures and logs")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run_demo)
+    from . import sim_demo
+
+    p = sub.add_parser(
+        "demo",
+        help="closed-loop episodes: the simulated ALOHA driven by the policy node over ROS 2",
+    )
+    sim_demo.add_arguments(p)
+    p.add_argument(
+        "--perception-only",
+        action="store_true",
+        help="instead: synthetic cameras -> perception node, pictures of the views",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="--perception-only: seconds to watch the output",
+    )
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from . import sim_demo
+
+    return run_demo(args) if args.perception_only else sim_demo.run_demo(args)
 
 
 def run_demo(args) -> int:

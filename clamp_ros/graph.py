@@ -36,6 +36,15 @@ GRAPHS: dict[str, list[NodeSpec]] = {
         NodeSpec("sim_node", "sim", ("config/sim_aloha.yaml",)),
         NodeSpec("perception_node", "perception", ("config/sim_aloha.yaml",)),
     ],
+    # simulated ALOHA driven closed-loop by the policy node (perception in-process)
+    "sim_demo": [
+        NodeSpec("sim_node", "sim", ("config/sim_demo.yaml",)),
+        NodeSpec("policy_node", "policy", ("config/sim_demo.yaml",)),
+    ],
+    # real robot: the policy node (perception in-process) on the real cameras and arms
+    "aloha_bimanual": [
+        NodeSpec("policy_node", "policy", ("config/aloha_bimanual.yaml",)),
+    ],
     # real robot: perception on the real cameras
     "aloha_perception": [
         NodeSpec("perception_node", "perception", ("config/aloha_bimanual.yaml",)),

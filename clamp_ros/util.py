@@ -30,7 +30,18 @@ class KeyedThrottle:
                 return
             n = self._suppressed.pop(key, 0)
             self._last[key] = now
-        self._log(message + (f" ({n} more like this suppressed)" if n else ""))
+        text = message + (f" ({n} more like this suppressed)" if n else "")
+        # rclpy remembers the severity of each call site and raises if it changes, so every
+        # severity needs its own line here (one throttle for warnings, one for errors)
+        name = getattr(self._log, "__name__", "")
+        if name == "error":
+            self._log(text)
+        elif name == "warning":
+            self._log(text)
+        elif name == "info":
+            self._log(text)
+        else:
+            self._log(text)
 
 
 class RateMeter:

@@ -54,5 +54,5 @@ pip_quiet install -q --no-deps --no-build-isolation -e .
 SHARE="$VENV/share/clamp_ros"
 mkdir -p "$VENV/share/ament_index/resource_index/packages" "$SHARE"
 touch "$VENV/share/ament_index/resource_index/packages/clamp_ros"
-for item in package.xml config launch; do ln -sfn "$ROOT/$item" "$SHARE/$item"; done
+for item in package.xml config launch models; do ln -sfn "$ROOT/$item" "$SHARE/$item"; done
 echo "setup: done ($VENV)"

@@ -37,7 +37,10 @@ def test_bench_perception_json(tmp_path, ros_domain_id):
 @pytest.mark.ros
 def test_demo_runs_the_graph_and_writes_pictures(tmp_path, ros_domain_id):
     env = child_env(ros_domain_id, tmp_path / "log")
-    out = _run(["demo", "--duration", "3", "--out", str(tmp_path / "demo"), "--json"], env)
+    out = _run(
+        ["demo", "--perception-only", "--duration", "3", "--out", str(tmp_path / "demo"), "--json"],
+        env,
+    )
     names = ["overhead", "back_right", "front_left", "wrist_left", "wrist_right"]
     assert list(out["views_hz"]) == names
     assert all(out["coverage"][n] > 0.3 for n in names)

@@ -1,0 +1,673 @@
+"""Policy node (lifecycle): cameras + tf + joint states -> views -> ONNX policy -> action chunks
+-> safety filter -> arm controllers.
+
+The camera side is the perception node's own code (``PerceptionFrontend``), run in-process so a
+synchronised set goes straight from fusion into inference in one worker thread, with no image
+copies between processes. Model inference, chunk execution and safety are ``clamp_core.policy``
+pieces; this node only wires them to ROS.
+
+Lifecycle: ``configure`` loads the model and checks its metadata against this node's parameters
+(joint names, cameras, views), ``activate`` starts inference and commanding, ``deactivate`` stops
+commanding and holds the measured position, ``cleanup`` drops the model.
+
+Commands go out only when the node is active AND enabled (``~/enable``, std_srvs/SetBool; the
+``enable`` parameter sets the initial state, false on the real robot) AND every input is fresh.
+
+Publishes
+  <arm trajectory topics>   trajectory_msgs/JointTrajectory per arm (output ``joint_trajectory``)
+  <interbotix topics>       interbotix_xs_msgs JointGroupCommand + JointSingleCommand, streamed at
+                            the control rate (output ``interbotix``)
+  /diagnostics              rates, latencies (sync, fusion + render, inference, publish), the
+                            reason for every suppressed command
+Subscribes   the perception node's camera topics, /tf, /tf_static, the follower joint states
+Services     ~/enable (std_srvs/SetBool)
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Header
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from clamp_core.data.episode import ALOHA_JOINT_NAMES
+from clamp_core.perception import PerceptionError
+from clamp_core.perception.config import ConfigError
+from clamp_core.policy.execution import ChunkExecutor, ExecutionConfig
+from clamp_core.policy.metadata import MetadataError, check_compatible
+from clamp_core.policy.runtime import (
+    OnnxPolicy,
+    PolicyInputError,
+    PolicyLoadError,
+    PolicyObservation,
+    PolicyOutputError,
+)
+from clamp_core.policy.safety import SafetyConfig, SafetyFilter, aloha_defaults
+
+from .conversions import ns_to_stamp, stamp_to_ns
+from .graph import share_dir
+from .params import declare, field_docs
+from .perception_node import PerceptionFrontend
+from .util import KeyedThrottle, LatencyStats, RateMeter, run_node
+
+ARM_JOINTS = [
+    "waist",
+    "shoulder",
+    "elbow",
+    "forearm_roll",
+    "wrist_angle",
+    "wrist_rotate",
+    "gripper",
+]
+
+
+def resolve_model(path: str) -> Path:
+    """An absolute/relative path, else ``models/<path>`` in the package's share directory."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    shipped = share_dir() / "models" / path
+    return shipped if shipped.exists() else p
+
+
+class PolicyNode(PerceptionFrontend, LifecycleNode):
+    stale_consequence = "no commands are sent until it returns"
+
+    def __init__(self, node_name: str = "policy", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.error = KeyedThrottle(self.get_logger().error, 2.0)
+        self.warn = KeyedThrottle(self.get_logger().warning, 2.0)
+        d = lambda name, default, text: declare(self, name, default, text)  # noqa: E731
+        self.model_path = d(
+            "model",
+            "",
+            "Model directory (metadata.json + ONNX graphs), or "
+            "the name of a model shipped in the package's models/.",
+        )
+        self.threads = d("inference_threads", 1, "ONNX Runtime threads (0 = all cores).")
+        self.inference_steps = d("inference_steps", 0, "DDIM steps (0 = the model's default).")
+        self.joint_names = d(
+            "joint_names",
+            list(ALOHA_JOINT_NAMES),
+            "The 14 action dimensions, in the model's order.",
+        )
+        self.arms = d("arms", ["left", "right"], "Arm names; each has the parameters below.")
+        self.arm_cfg = {}
+        for arm in self.arms:
+            self.arm_cfg[arm] = {
+                "joint_states": d(
+                    f"{arm}.joint_states_topic",
+                    f"/follower_{arm}/joint_states",
+                    "sensor_msgs/JointState of this arm.",
+                ),
+                "joints": d(
+                    f"{arm}.joints",
+                    list(ARM_JOINTS),
+                    "Joint names of this arm in its messages, in action order.",
+                ),
+                "trajectory": d(
+                    f"{arm}.trajectory_topic",
+                    f"/{arm}_arm_controller/joint_trajectory",
+                    "JointTrajectoryController command topic (gripper included).",
+                ),
+                "group": d(
+                    f"{arm}.interbotix_group_topic",
+                    f"/follower_{arm}/commands/joint_group",
+                    "interbotix_xs_msgs/JointGroupCommand topic of the arm joints.",
+                ),
+                "single": d(
+                    f"{arm}.interbotix_single_topic",
+                    f"/follower_{arm}/commands/joint_single",
+                    "interbotix_xs_msgs/JointSingleCommand topic of the gripper.",
+                ),
+            }
+        self.output = d(
+            "output",
+            "joint_trajectory",
+            "joint_trajectory (ros2_control JTC) or interbotix (streamed commands).",
+        )
+        self.interbotix_group = d("interbotix_group_name", "arm", "Interbotix joint group name.")
+        self.gripper_scale = d(
+            "interbotix_gripper_scale",
+            [0.0, 1.0],
+            "[offset, scale]: gripper command = offset + scale * normalised.",
+        )
+        self.control_rate_hz = d("control_rate_hz", 50.0, "Command streaming / history rate.")
+        self.enabled = d("enable", False, "Initial state of ~/enable (false on a real robot).")
+        self.joint_state_max_age_s = d(
+            "joint_state_max_age_s", 0.2, "Joint states older than this (vs the image) are stale."
+        )
+        self.time_reset_s_policy = d(
+            "policy_time_reset_s",
+            1.0,
+            "An observation this far behind the previous one means "
+            "the clock was reset: chunks and history are dropped.",
+        )
+        self.exec_cfg = ExecutionConfig(**self._declare_fields("execution", ExecutionConfig()))
+        self.safety_cfg = self._safety_config()
+        self.safety = SafetyFilter(self.safety_cfg)
+
+        self.policy: OnnxPolicy | None = None
+        self.executor_ = ChunkExecutor(self.exec_cfg, self.joint_names)
+        self.active = False
+        self.lock = threading.Lock()
+        self.joint_index = self._joint_index()
+        self.qpos = np.full(len(self.joint_names), np.nan)
+        self.qpos_arm_ns = {arm: None for arm in self.arms}
+        self.qpos_arm_rx = {arm: None for arm in self.arms}
+        self.history: collections.deque = collections.deque(maxlen=500)
+        self.last_obs_stamp: int | None = None
+        self.last_view_rx: float | None = None
+        self.suppressed: collections.Counter = collections.Counter()
+        self.clipped: collections.Counter = collections.Counter()
+        self.last_suppression = ""
+        self.holding = False
+        self.commanded_until_ns = 0
+        self.stats = {
+            k: LatencyStats()
+            for k in (
+                "sync_ms",
+                "fuse_render_ms",
+                "inference_ms",
+                "publish_ms",
+                "stamp_to_command_ms",
+            )
+        }
+        self.command_rate = RateMeter()
+        self.inference_rate = RateMeter()
+        self.pubs: dict = {}
+        self._perception_ready = False
+        self.create_service(SetBool, "~/enable", self.on_enable)
+        self.cmd_group = MutuallyExclusiveCallbackGroup()
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_fields(self, prefix: str, obj) -> dict:
+        import dataclasses
+
+        docs = field_docs(type(obj))
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            out[f.name] = declare(
+                self,
+                f"{prefix}.{f.name}",
+                list(v) if isinstance(v, tuple) else v,
+                docs.get(f.name, ""),
+            )
+        return out
+
+    def _safety_config(self) -> SafetyConfig:
+        base = aloha_defaults()
+        docs = field_docs(SafetyConfig)
+        values = {}
+        for name in (
+            "position_min",
+            "position_max",
+            "max_velocity",
+            "gripper_min",
+            "gripper_max",
+            "max_input_age_s",
+            "max_chunk_age_s",
+        ):
+            v = getattr(base, name)
+            v = [float(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
+            values[name] = declare(self, f"safety.{name}", v, docs.get(name, ""))
+        return aloha_defaults(
+            joint_names=list(self.joint_names),
+            control_period_s=1.0 / self.control_rate_hz,
+            **values,
+        )
+
+    def _joint_index(self) -> dict[tuple[str, str], int]:
+        if len(self.joint_names) != 14:
+            raise ConfigError(f"joint_names: needs 14 names, got {len(self.joint_names)}")
+        index = {}
+        i = 0
+        for arm in self.arms:
+            for j in self.arm_cfg[arm]["joints"]:
+                index[(arm, j)] = i
+                i += 1
+        if i != len(self.joint_names):
+            raise ConfigError(
+                f"the arms' joints add up to {i}, but joint_names has {len(self.joint_names)}"
+            )
+        return index
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            if not self._perception_ready:
+                self.init_perception()
+                self._perception_ready = True
+                for arm in self.arms:
+                    self.create_subscription(
+                        JointState,
+                        self.arm_cfg[arm]["joint_states"],
+                        lambda m, a=arm: self.on_joint_state(a, m),
+                        10,
+                    )
+                self._make_publishers()
+                self.create_timer(
+                    1.0 / self.control_rate_hz, self.on_control_tick, callback_group=self.cmd_group
+                )
+            if not self.model_path:
+                raise PolicyLoadError("parameter 'model' is empty: give a model directory")
+            path = resolve_model(self.model_path)
+            policy = OnnxPolicy(
+                path,
+                threads=self.threads,
+                inference_steps=self.inference_steps or None,
+            )
+            check_compatible(
+                policy.metadata,
+                joint_names=self.joint_names,
+                perception=self.config,
+                action_dim=len(self.joint_names),
+            )
+            policy.warmup(1)
+        except (PolicyLoadError, MetadataError, ConfigError, PerceptionError, OSError) as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        with self.lock:
+            self.policy = policy
+        self.get_logger().info(
+            f"model '{policy.metadata.name}' loaded from {path} "
+            f"({', '.join(policy.providers)}); {policy.metadata.action_horizon}x"
+            f"{policy.metadata.action_dim} chunks, execution '{self.exec_cfg.mode}', "
+            f"output '{self.output}', commands {'enabled' if self.enabled else 'DISABLED'}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self.executor_.reset()
+            self.history.clear()
+            self.active = True
+            self.holding = False
+        self.get_logger().info("active: inference running")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self.active = False
+            self.executor_.reset()
+        self._hold("deactivated")
+        self.get_logger().info("inactive: commands stopped, holding position")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self.policy = None
+            self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        was = self.enabled
+        self.enabled = bool(request.data)
+        if not self.enabled:
+            self._hold("disabled")
+        elif not was:
+            with self.lock:  # a fresh start: nothing planned before the pause is replayed
+                self.executor_.reset()
+                self.history.clear()
+                self.holding = False
+        response.success = True
+        response.message = "commands enabled" if self.enabled else "commands disabled"
+        self.get_logger().warning(response.message)
+        return response
+
+    # ------------------------------------------------------------------ inputs
+    def _make_publishers(self) -> None:
+        if self.output == "joint_trajectory":
+            for arm in self.arms:
+                self.pubs[arm] = self.create_publisher(
+                    JointTrajectory, self.arm_cfg[arm]["trajectory"], 10
+                )
+        elif self.output == "interbotix":
+            from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+
+            self._ix = (JointGroupCommand, JointSingleCommand)
+            for arm in self.arms:
+                self.pubs[arm] = (
+                    self.create_publisher(JointGroupCommand, self.arm_cfg[arm]["group"], 10),
+                    self.create_publisher(JointSingleCommand, self.arm_cfg[arm]["single"], 10),
+                )
+        else:
+            raise ConfigError(f"output '{self.output}' must be joint_trajectory or interbotix")
+        self.diag_pub_policy = self.diag_pub
+
+    def on_joint_state(self, arm: str, msg: JointState) -> None:
+        names = list(msg.name)
+        want = self.arm_cfg[arm]["joints"]
+        missing = [j for j in want if j not in names]
+        if missing or len(msg.position) != len(names):
+            self.suppressed["bad_joint_states"] += 1
+            return self.error(
+                (arm, "joint_states"),
+                f"{arm} joint_states: missing joints {missing} (has {names})"
+                if missing
+                else f"{arm} joint_states: {len(names)} names but {len(msg.position)} positions",
+            )
+        pos = np.array([msg.position[names.index(j)] for j in want], float)
+        if not np.isfinite(pos).all():
+            self.suppressed["nan_joint_states"] += 1
+            with self.lock:
+                self.qpos_arm_ns[arm] = None  # never command from a non-finite state
+            return self.error((arm, "nan"), f"{arm} joint_states: non-finite position {pos}")
+        idx = [self.joint_index[(arm, j)] for j in want]
+        with self.lock:
+            self.qpos[idx] = pos
+            self.qpos_arm_ns[arm] = stamp_to_ns(msg.header.stamp) or self._now()
+            self.qpos_arm_rx[arm] = self._now()
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _measured(self) -> tuple[np.ndarray | None, int | None]:
+        with self.lock:
+            if any(v is None for v in self.qpos_arm_ns.values()):
+                return None, None
+            return self.qpos.copy(), min(self.qpos_arm_rx.values())
+
+    # ------------------------------------------------------------------ inference (worker)
+    def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
+        start_ns = self._now()
+        with self.lock:
+            policy, active = self.policy, self.active
+        if policy is None or not active:
+            return
+        stamp = synced.stamp_ns
+        if self.last_obs_stamp is not None and (
+            self.last_obs_stamp - stamp > self.time_reset_s_policy * 1e9
+        ):
+            self.warn("reset", "observation time jumped backwards: dropping chunks and history")
+            with self.lock:
+                self.executor_.reset()
+                self.history.clear()
+        self.last_obs_stamp = stamp
+        if not self.executor_.needs_inference(start_ns):
+            return
+        qpos, q_ns = self._measured()
+        if qpos is None:
+            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+        t1 = time.perf_counter()
+        result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
+        self.last_view_rx = time.monotonic()
+        t2 = time.perf_counter()
+        meta = policy.metadata
+        obs = PolicyObservation(
+            stamp_ns=stamp,
+            views=result.views.images,
+            qpos=qpos,
+            action_history=self._history(stamp, meta.action_history, qpos),
+        )
+        try:
+            chunk = policy.predict(obs)
+        except (PolicyInputError, PolicyOutputError) as e:
+            return self._suppress("bad_inference", f"no command from this observation: {e}")
+        t3 = time.perf_counter()
+        with self.lock:
+            self.executor_.add_chunk(chunk, now_ns=self._now())
+        self.inference_rate.tick()
+        published = False
+        if self.output == "joint_trajectory":
+            published = self._publish_trajectory(self._now())
+        t4 = time.perf_counter()
+        self.stats["sync_ms"].add((start_ns - stamp) * 1e-6)
+        self.stats["fuse_render_ms"].add((t2 - t1) * 1e3)
+        self.stats["inference_ms"].add((t3 - t2) * 1e3)
+        if published:
+            self.stats["publish_ms"].add((t4 - t3) * 1e3)
+            self.stats["stamp_to_command_ms"].add((self._now() - stamp) * 1e-6)
+
+    def _history(self, stamp: int, n: int, qpos: np.ndarray) -> np.ndarray:
+        """(n, 14) commanded actions at stamp - n*dt .. stamp - dt (oldest first); the measured
+        position where nothing was commanded yet (as training pads episode starts)."""
+        out = np.tile(qpos, (n, 1))
+        with self.lock:
+            hist = list(self.history)
+        if not hist or n == 0:
+            return out
+        times = np.array([h[0] for h in hist])
+        dt = int(1e9 / self.control_rate_hz)
+        for k in range(n):
+            t = stamp - (n - k) * dt
+            i = int(np.searchsorted(times, t, side="right")) - 1
+            if i >= 0:
+                out[k] = hist[i][1]
+        return out
+
+    # ------------------------------------------------------------------ commanding
+    def _inputs(self) -> dict[str, int]:
+        """Receive time (ROS clock, ns) of each watched input."""
+        now_mono = time.monotonic()
+        now = self._now()
+        out = {}
+        for stream, meter in self.rates.items():
+            age = meter.age_s(now_mono)
+            out[stream] = now - int(1e9 * (age if age is not None else 1e9))
+        with self.lock:
+            for arm, rx in self.qpos_arm_rx.items():
+                out[f"{arm} joint_states"] = rx if rx is not None else now - int(1e18)
+        return out
+
+    def _safe(self, times: np.ndarray, positions: np.ndarray, now: int):
+        qpos, q_ns = self._measured()
+        measured = qpos if qpos is not None else np.full(len(self.joint_names), np.nan)
+        res = self.safety.filter(
+            times,
+            positions,
+            measured,
+            q_ns if q_ns is not None else 0,
+            self._inputs(),
+            now,
+            enabled=self.enabled,
+        )
+        if res.suppressed:
+            self._suppress(res.suppressed.split(" ")[0], res.suppressed)
+            if res.suppressed != "disabled" and qpos is not None:
+                self._hold(res.suppressed)
+            return None
+        for k, n in res.clipped.items():
+            self.clipped[k] += int(n)
+        self.holding = False
+        return res.positions
+
+    def _publish_trajectory(self, now: int) -> bool:
+        with self.lock:
+            times, positions = self.executor_.trajectory(now, 10_000)
+        if len(times) == 0:
+            return False
+        safe = self._safe(times, positions, now)
+        if safe is None:
+            return False
+        self._send_trajectory(times, safe)
+        return True
+
+    def _send_trajectory(self, times: np.ndarray, positions: np.ndarray) -> None:
+        stamp = int(times[0])
+        for arm in self.arms:
+            joints = self.arm_cfg[arm]["joints"]
+            idx = [self.joint_index[(arm, j)] for j in joints]
+            msg = JointTrajectory()
+            msg.header = Header(stamp=ns_to_stamp(stamp))
+            msg.joint_names = list(joints)
+            for t, row in zip(times, positions):
+                p = JointTrajectoryPoint()
+                p.positions = row[idx].tolist()
+                dt = int(t) - stamp
+                p.time_from_start.sec, p.time_from_start.nanosec = divmod(dt, 1_000_000_000)
+                msg.points.append(p)
+            self.pubs[arm].publish(msg)
+        self.commanded_until_ns = int(times[-1])
+        self.command_rate.tick()
+
+    def _send_interbotix(self, q: np.ndarray) -> None:
+        group_cls, single_cls = self._ix
+        off, scale = self.gripper_scale
+        for arm in self.arms:
+            joints = self.arm_cfg[arm]["joints"]
+            idx = {j: self.joint_index[(arm, j)] for j in joints}
+            arm_joints = [j for j in joints if j != "gripper"]
+            self.pubs[arm][0].publish(
+                group_cls(name=self.interbotix_group, cmd=[float(q[idx[j]]) for j in arm_joints])
+            )
+            if "gripper" in idx:
+                self.pubs[arm][1].publish(
+                    single_cls(name="gripper", cmd=float(off + scale * q[idx["gripper"]]))
+                )
+        self.command_rate.tick()
+
+    def _hold(self, reason: str, fallback: np.ndarray | None = None) -> None:
+        """Command one point at the measured position (or, without a valid measurement, the
+        current command): JTC holds it; Interbotix keeps it."""
+        if self.holding or not self.pubs:
+            return
+        qpos, _ = self._measured()
+        target = qpos if qpos is not None else fallback
+        if target is None:
+            return
+        self.holding = True
+        hold = np.clip(target, self.safety_cfg.position_min, self.safety_cfg.position_max)
+        now = self._now()
+        if self.output == "joint_trajectory":
+            self._send_trajectory(np.array([now + int(1e9 / self.control_rate_hz)]), hold[None])
+        else:
+            self._send_interbotix(hold)
+        self.get_logger().warning(f"holding position: {reason}")
+
+    def _suppress(self, key: str, message: str) -> None:
+        self.suppressed[key] += 1
+        self.last_suppression = message
+        self.error(("suppress", key), f"command suppressed: {message}")
+
+    def on_control_tick(self) -> None:
+        if not self._perception_ready:
+            return
+        now = self._now()
+        with self.lock:
+            active = self.active
+            cmd = self.executor_.command_at(now) if active else None
+        if cmd is not None:
+            with self.lock:
+                self.history.append((now, cmd))
+        if not active or not self.enabled:
+            return
+        if self.output == "interbotix":
+            if cmd is not None:
+                safe = self._safe(np.array([now]), cmd[None], now)
+                if safe is not None:
+                    self._send_interbotix(safe[0])
+            return
+        # the watchdog: a trajectory already handed to the controller keeps running, so a stale
+        # or invalid input must actively cut it
+        if self.commanded_until_ns > now:
+            problem = self._input_problem(now)
+            if problem:
+                self._suppress(problem.split(" ")[0], problem)
+                with self.lock:
+                    self.executor_.reset()
+                self._hold(problem, fallback=cmd)
+
+    def _input_problem(self, now: int) -> str | None:
+        """Why nothing may be commanded now (stale or missing input), else None."""
+        qpos, _ = self._measured()
+        if qpos is None:
+            return "measured joint state missing or non-finite"
+        limit = self.safety_cfg.max_input_age_s
+        ages = [((now - ts) * 1e-9, name) for name, ts in self._inputs().items()]
+        stale = sorted(a for a in ages if a[0] > limit)
+        if stale:
+            age, name = stale[-1]
+            return f"stale input '{name}' ({age:.2f} s > {limit:.2f} s)"
+        return None
+
+    # ------------------------------------------------------------------ diagnostics
+    def on_diagnostics(self) -> None:
+        now = time.monotonic()
+        values, stale = self.perception_diagnostics(now)
+        values.append(KeyValue(key="active", value=str(self.active)))
+        values.append(KeyValue(key="enabled", value=str(self.enabled)))
+        values.append(
+            KeyValue(key="inference rate_hz", value=f"{self.inference_rate.rate_hz(now):.1f}")
+        )
+        values.append(
+            KeyValue(key="command rate_hz", value=f"{self.command_rate.rate_hz(now):.1f}")
+        )
+        for name, st in self.stats.items():
+            for q in (50, 95):
+                v = st.percentile(q)
+                values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
+        values += [
+            KeyValue(key=f"suppressed {k}", value=str(v))
+            for k, v in sorted(self.suppressed.items())
+        ]
+        values += [
+            KeyValue(key=f"clipped {k}", value=str(v)) for k, v in sorted(self.clipped.items())
+        ]
+        values += [
+            KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())
+        ]
+        values.append(KeyValue(key="last suppression", value=self.last_suppression or "-"))
+        level, message = DiagnosticStatus.OK, "commanding"
+        if not self.active:
+            level, message = DiagnosticStatus.OK, "inactive"
+        elif not self.enabled:
+            level, message = DiagnosticStatus.WARN, "disabled: no commands (call ~/enable)"
+        elif stale:
+            level, message = DiagnosticStatus.ERROR, f"stale inputs: {', '.join(stale)}"
+        elif self.last_suppression and self.holding:
+            level, message = DiagnosticStatus.ERROR, f"holding: {self.last_suppression}"
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: policy",
+            message=message,
+            hardware_id="clamp_ros",
+            values=values,
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        if getattr(self, "_perception_ready", False):  # also when __init__ failed half-way
+            self.stop_perception()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    sys.setswitchinterval(0.0005)
+    run_node(lambda: autostart(PolicyNode()), args, "policy")
+
+
+def autostart(node: PolicyNode) -> PolicyNode:
+    """``autostart`` parameter: configure + activate at start (the sim demo); a real robot
+    drives the transitions with `ros2 lifecycle set` or a launch event."""
+    from rclpy.parameter import Parameter
+
+    auto = declare(node, "autostart", False, "Configure and activate at start.")
+    del Parameter
+    if auto:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ConfigError("autostart: configure failed (see the log above)")
+        node.trigger_activate()
+    return node
+
+
+if __name__ == "__main__":
+    main()

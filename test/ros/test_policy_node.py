@@ -1,0 +1,459 @@
+"""The policy node over DDS: lifecycle, commands on the controller topics, the enable switch,
+the watchdog, bad joint states, bad models, a clock reset, and a closed loop with the sim node.
+
+Cameras come from the synthetic scene node (its own process); this process plays the arms
+(joint states) and the controllers (trajectory subscriptions). The model is an untrained,
+seeded export (real ONNX graphs, real ONNX Runtime): plumbing does not need a trained policy,
+and its actions are wild enough that the safety filter has work to do.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from clamp_core.models.config import ModelConfig, preset
+from clamp_core.policy.safety import aloha_defaults
+from clamp_core.training.export import export_untrained
+from clamp_ros.conversions import ns_to_stamp, stamp_to_ns
+from clamp_ros.graph import GRAPHS, NodeSpec, node_command
+from test.ros.conftest import (
+    child_env,
+    log_tail,
+    rclpy_session,
+    read_log,
+    spin_until,
+    start_process,
+    stop_process,
+    wait_for_log,
+)
+
+pytestmark = pytest.mark.ros
+
+TIMEOUT_S = 180.0
+ARM = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper"]
+VIEW = 32
+Q0 = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.8] * 2)  # a plausible resting pose
+SAFETY = aloha_defaults()
+LO, HI = np.array(SAFETY.position_min), np.array(SAFETY.position_max)
+VMAX = np.array(SAFETY.max_velocity)
+
+
+def tiny_config(view: int = VIEW) -> ModelConfig:
+    d = preset("cpu-small").to_dict()
+    d["view_size"] = view
+    d["image"].update(patch_size=8, dim=48, layers=1, heads=2)
+    d["denoiser"].update(dim=32, layers=1, cond_layers=1, heads=2)
+    d["action"].update(dim=32, heads=2, history=4)
+    return ModelConfig.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    export_untrained(tiny_config(), root / "tiny", verify=False)
+    export_untrained(tiny_config(48), root / "views48", verify=False)
+    shutil.copytree(root / "tiny", root / "corrupt")
+    data = (root / "corrupt" / "encoders.onnx").read_bytes()
+    (root / "corrupt" / "encoders.onnx").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def policy_cmd(model, **params):
+    spec = NodeSpec("policy_node", "policy", ("config/synthetic_demo.yaml",))
+    base = {
+        "model": str(model),
+        "perception.image_width": VIEW,
+        "perception.image_height": VIEW,
+        "autostart": True,
+        "enable": True,
+    }
+    base.update(params)
+    return node_command(spec, base)
+
+
+def scene_cmd(**params):
+    spec = next(s for s in GRAPHS["synthetic_demo"] if s.executable == "synthetic_scene_node")
+    return node_command(spec, {"width": 160, "height": 120, **params})
+
+
+class Robot:
+    """This process's side: joint states of both arms, the controllers' topics, services."""
+
+    def __init__(self, node, ns: str = "/policy"):
+        self.node = node
+        self.q = Q0.copy()
+        self.names = {"left": list(ARM), "right": list(ARM)}
+        self.publish_joints = True
+        self.traj: dict[str, list[tuple[float, JointTrajectory]]] = {"left": [], "right": []}
+        self.diag: list = []
+        self.js_pubs = {
+            s: node.create_publisher(JointState, f"/follower_{s}/joint_states", 10)
+            for s in ("left", "right")
+        }
+        for s in ("left", "right"):
+            node.create_subscription(
+                JointTrajectory,
+                f"/{s}_arm_controller/joint_trajectory",
+                lambda m, s=s: self.traj[s].append((time.monotonic(), m)),
+                50,
+            )
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        node.create_timer(0.02, self._tick)
+        self.change = node.create_client(ChangeState, f"{ns}/change_state")
+        self.get = node.create_client(GetState, f"{ns}/get_state")
+        self.enable = node.create_client(SetBool, f"{ns}/enable")
+        self.clock_ns: int | None = None
+        self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.endswith(": policy"):
+                self.diag.append(st)
+
+    def _tick(self):
+        if self.clock_ns is not None:
+            self.clock_ns += 20_000_000
+            self.clock_pub.publish(Clock(clock=ns_to_stamp(self.clock_ns)))
+        if not self.publish_joints:
+            return
+        now = self.node.get_clock().now().to_msg()
+        for k, s in enumerate(("left", "right")):
+            msg = JointState(
+                name=self.names[s], position=[float(x) for x in self.q[7 * k : 7 * k + 7]]
+            )
+            msg.position = msg.position[: len(self.names[s])]
+            msg.header.stamp = now
+            self.js_pubs[s].publish(msg)
+
+    def spin_until(self, predicate, what, timeout_s=TIMEOUT_S):
+        return spin_until(self.node, predicate, timeout_s, what)
+
+    def wait_log(self, proc, pattern: str):
+        """Wait for a log line while spinning (the joint states keep flowing)."""
+        rx = re.compile(pattern)
+        self.spin_until(
+            lambda: rx.search(read_log(proc)) or proc.poll() is not None,
+            f"/{pattern}/ in {proc.log_path}",
+        )
+        assert rx.search(read_log(proc)), f"exited without /{pattern}/:\n{log_tail(proc)}"
+
+    def spin_for(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.node.executor.spin_once(timeout_sec=0.02)
+
+    def call(self, client, request, what):
+        self.spin_until(lambda: client.service_is_ready(), f"service {what}")
+        fut = client.call_async(request)
+        self.spin_until(lambda: fut.done(), f"reply of {what}")
+        return fut.result()
+
+    def state(self) -> str:
+        return self.call(self.get, GetState.Request(), "get_state").current_state.label
+
+    def transition(self, tid: int) -> bool:
+        req = ChangeState.Request()
+        req.transition = Transition(id=tid)
+        return self.call(self.change, req, f"transition {tid}").success
+
+    def count(self) -> int:
+        return len(self.traj["left"])
+
+    def wait_commands(self, n: int = 3, what="commands"):
+        start = self.count()
+        self.spin_until(lambda: self.count() >= start + n, what)
+        return [m for _, m in self.traj["left"][start:]], [m for _, m in self.traj["right"][start:]]
+
+    def last_status(self):
+        return self.diag[-1] if self.diag else None
+
+
+@pytest.fixture(scope="module")
+def graph(ros_domain_id, tmp_path_factory):
+    """The synthetic cameras (one process for the module) + this process's robot side."""
+    tmp = tmp_path_factory.mktemp("policy_node")
+    env = child_env(ros_domain_id, tmp / "ros_log", FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    procs = [start_process(scene_cmd(), env, tmp / "scene.log")]
+    try:
+        with rclpy_session(env, "policy_checker") as node:
+            yield Robot(node), env, tmp, procs
+    finally:
+        for p in procs:
+            stop_process(p)
+
+
+def start_policy(graph, name, model, **params):
+    robot, env, tmp, _ = graph
+    proc = start_process(policy_cmd(model, **params), env, tmp / f"{name}.log")
+    return proc
+
+
+def check_trajectory(msg: JointTrajectory, q_measured: np.ndarray, side: int):
+    assert list(msg.joint_names) == ARM
+    times = np.array([p.time_from_start.sec * 1e9 + p.time_from_start.nanosec for p in msg.points])
+    pos = np.array([list(p.positions) for p in msg.points])
+    assert len(times) >= 1 and pos.shape == (len(times), 7)
+    if len(times) > 1:
+        np.testing.assert_allclose(np.diff(times), 20e6, atol=1e3)  # the 50 Hz control grid
+    lo, hi, vmax = (
+        LO[7 * side : 7 * side + 7],
+        HI[7 * side : 7 * side + 7],
+        VMAX[7 * side : 7 * side + 7],
+    )
+    assert np.all(pos >= lo - 1e-9) and np.all(pos <= hi + 1e-9)
+    steps = np.abs(np.diff(pos, axis=0))
+    assert np.all(steps <= vmax * 0.02 + 1e-9)
+    return times, pos
+
+
+# ------------------------------------------------------------------------------------ tests
+def test_lifecycle_transitions_and_commands(graph, models):
+    robot, env, tmp, _ = graph
+    proc = start_policy(graph, "lifecycle", models / "tiny", autostart=False)
+    try:
+        assert robot.state() == "unconfigured"
+        assert robot.transition(Transition.TRANSITION_CONFIGURE)
+        assert robot.state() == "inactive"
+        robot.spin_for(1.5)
+        assert robot.count() == 0, "an inactive node must not command"
+        assert robot.transition(Transition.TRANSITION_ACTIVATE)
+        assert robot.state() == "active"
+        left, right = robot.wait_commands(3, "trajectories after activate")
+        now = robot.node.get_clock().now().nanoseconds
+        for msgs, side in ((left, 0), (right, 1)):
+            for m in msgs:
+                times, pos = check_trajectory(m, Q0, side)
+                stamp = stamp_to_ns(m.header.stamp)
+                assert abs(stamp - now) < 5e9  # stamped on the ROS clock, near now
+                assert times[0] == 0  # the first point is for header.stamp
+        # the first command after activation starts with a velocity-limited step away from the
+        # measured state (fresh joint states, a point a few control periods ahead at most)
+        first = np.array(left[0].points[0].positions)
+        assert np.all(np.abs(first - Q0[:7]) <= VMAX[:7] * 0.25)
+        assert robot.transition(Transition.TRANSITION_DEACTIVATE)
+        assert robot.state() == "inactive"
+        n = robot.count()
+        robot.spin_for(1.5)
+        after = [m for _, m in robot.traj["left"][n:]]
+        # at most the one hold command (a single point at the measured position), then nothing
+        assert len(after) <= 1
+        if after:
+            assert len(after[0].points) == 1
+            np.testing.assert_allclose(
+                after[0].points[0].positions, np.clip(Q0[:7], LO[:7], HI[:7]), atol=1e-6
+            )
+        assert robot.transition(Transition.TRANSITION_CLEANUP)
+        assert robot.state() == "unconfigured"
+    finally:
+        code = stop_process(proc)
+    assert code in (0, -2), log_tail(proc)
+
+
+def test_disabled_until_enabled_then_disable_holds(graph, models):
+    robot, *_ = graph
+    proc = start_policy(graph, "enable", models / "tiny", enable=False)
+    try:
+        robot.spin_until(
+            lambda: robot.last_status() is not None and "disabled" in robot.last_status().message,
+            "disabled diagnostics",
+        )
+        n = robot.count()
+        robot.spin_for(1.5)
+        assert robot.count() == n, "commands while disabled"
+        assert robot.call(robot.enable, SetBool.Request(data=True), "enable").success
+        robot.wait_commands(2, "commands after enable")
+        assert robot.call(robot.enable, SetBool.Request(data=False), "disable").success
+        robot.spin_for(1.0)
+        n = robot.count()
+        robot.spin_for(1.5)
+        assert robot.count() == n, "commands after disable"
+    finally:
+        stop_process(proc)
+
+
+def _motion_end_ns(msg: JointTrajectory) -> int:
+    last = msg.points[-1].time_from_start
+    return stamp_to_ns(msg.header.stamp) + last.sec * 10**9 + last.nanosec
+
+
+@pytest.mark.parametrize("mode", ["receding_horizon", "async"])
+def test_watchdog_stops_commands_when_the_cameras_stop_and_recovers(graph, models, mode):
+    robot, env, tmp, procs = graph
+    proc = start_policy(graph, f"watchdog_{mode}", models / "tiny", **{"execution.mode": mode})
+    try:
+        robot.wait_commands(2, "commands")
+        stop_process(procs[0])
+        t_stop = robot.node.get_clock().now().nanoseconds
+        robot.spin_until(
+            lambda: robot.last_status() is not None and "stale" in robot.last_status().message,
+            "stale diagnostics",
+        )
+        # whatever the controller received last ends (or was cut by a one-point hold) within
+        # the watchdog period of the cameras stopping, plus one inference already in flight
+        last = robot.traj["left"][-1][1]
+        max_age = SAFETY.max_input_age_s
+        assert _motion_end_ns(last) <= t_stop + (max_age + 1.0) * 1e9, (
+            f"motion commanded until {(_motion_end_ns(last) - t_stop) * 1e-9:.2f}s after the "
+            f"cameras stopped"
+        )
+        # once that motion is over, nothing more is sent while the cameras are away
+        end = _motion_end_ns(last)
+        robot.spin_until(lambda: robot.node.get_clock().now().nanoseconds > end, "motion end")
+        n = robot.count()
+        robot.spin_for(1.5)
+        assert robot.count() == n, "commands with stale cameras"
+        assert _motion_end_ns(robot.traj["left"][-1][1]) <= t_stop + (max_age + 1.0) * 1e9
+        assert "stale" in read_log(proc)
+        # the cameras come back: commands resume
+        procs[0] = start_process(scene_cmd(), env, tmp / f"scene_{mode}.log")
+        robot.wait_commands(2, "commands after the cameras returned")
+    finally:
+        stop_process(proc)
+        if procs[0].poll() is not None:  # keep the module's cameras running for the next test
+            procs[0] = start_process(scene_cmd(), env, tmp / f"scene_{mode}_restart.log")
+
+
+def test_bad_joint_states_stop_commands_until_fixed(graph, models):
+    robot, *_ = graph
+    proc = start_policy(graph, "joints", models / "tiny")
+    try:
+        robot.wait_commands(2, "commands")
+        robot.names["left"] = [j for j in ARM if j != "elbow"]  # a driver lost a joint
+        robot.wait_log(proc, r"left joint_states: missing joints \['elbow'\]")
+        robot.spin_until(
+            lambda: (
+                robot.last_status() is not None and "joint_states" in robot.last_status().message
+            ),
+            "stale joint states",
+        )
+        n = robot.count()
+        robot.spin_for(1.0)
+        assert robot.count() <= n + 1  # at most the hold
+        robot.names["left"] = list(ARM)
+        robot.q[2] = np.nan
+        robot.wait_log(proc, r"left joint_states: non-finite position")
+        robot.q[2] = Q0[2]
+        robot.wait_commands(2, "commands after the joint states recovered")
+    finally:
+        robot.names["left"] = list(ARM)
+        robot.q[:] = Q0
+        stop_process(proc)
+
+
+@pytest.mark.parametrize(
+    "model, params, pattern",
+    [
+        ("corrupt", {}, r"configure failed: .*encoders\.onnx"),
+        ("views48", {}, r"(?s)configure failed: .*image size"),
+        ("missing", {}, r"configure failed: .*(missing|not exist|not found|No such)"),
+        (
+            "tiny",
+            {"joint_names": ["a"] * 14},
+            r"(?s)(configure failed|configuration error): .*joint_names",
+        ),
+    ],
+)
+def test_bad_models_fail_configure_with_a_clear_error(graph, models, model, params, pattern):
+    proc = start_policy(graph, f"bad_{model}", models / model, **params)
+    try:
+        wait_for_log(proc, pattern)
+        proc.wait(timeout=60)
+        assert proc.returncode == 2, log_tail(proc)
+    finally:
+        stop_process(proc)
+
+
+def test_clock_jump_backwards_resets_and_recovers(models, ros_domain_id, tmp_path):
+    """Simulated time restarts: every node on /clock; the policy drops its chunks and history,
+    and commands again once images with the new times arrive. A domain of its own, so the
+    module's wall-clock cameras stay out of it."""
+    env = child_env(
+        1 + (ros_domain_id + 50) % 101,
+        tmp_path / "ros_log",
+        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    )
+    with rclpy_session(env, "clock_checker") as node:
+        robot = Robot(node)
+        robot.clock_ns = 100 * 10**9
+        scene = start_process(scene_cmd(use_sim_time=True), env, tmp_path / "scene_sim.log")
+        proc = start_process(
+            policy_cmd(models / "tiny", use_sim_time=True), env, tmp_path / "policy.log"
+        )
+        try:
+            robot.wait_commands(2, "commands on sim time")
+            robot.clock_ns = 10 * 10**9  # 90 s back
+            robot.wait_log(proc, r"jumped back")
+            robot.wait_commands(2, "commands after the clock reset")
+            stamp = stamp_to_ns(robot.traj["left"][-1][1].header.stamp)
+            assert stamp < 50 * 10**9  # new commands are on the new time line
+        finally:
+            robot.clock_ns = None
+            stop_process(proc)
+            stop_process(scene)
+
+
+def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, models):
+    env = child_env(ros_domain_id, tmp_path / "ros_log", FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    sim_spec, policy_spec = GRAPHS["sim_demo"]
+    sim = start_process(
+        node_command(sim_spec, {"width": 160, "height": 120}), env, tmp_path / "sim.log"
+    )
+    policy = start_process(
+        node_command(
+            policy_spec,
+            {
+                "model": str(models / "tiny"),
+                "perception.image_width": VIEW,
+                "perception.image_height": VIEW,
+            },
+        ),
+        env,
+        tmp_path / "policy.log",
+    )
+    try:
+        with rclpy_session(env, "closed_loop") as node:
+            states: list[np.ndarray] = []
+            trajs: list = []
+            node.create_subscription(
+                JointState,
+                "/follower_left/joint_states",
+                lambda m: states.append(np.array(m.position)),
+                50,
+            )
+            node.create_subscription(
+                JointTrajectory, "/left_arm_controller/joint_trajectory", trajs.append, 10
+            )
+            spin_until(node, lambda: len(trajs) >= 5, TIMEOUT_S, "policy commands to the sim")
+            start = len(states)
+            spin_until(node, lambda: len(states) > start + 50, TIMEOUT_S, "joint states")
+            moved = np.abs(states[-1][:6] - states[0][:6]).max()
+            assert moved > 0.05, f"arms moved only {moved:.3f} rad"
+    finally:
+        stop_process(policy)
+        stop_process(sim)
+    assert "model 'tiny' loaded" in read_log(policy), log_tail(policy)
+
+
+def test_warning_and_error_throttles_share_rclpy_call_sites():
+    """rclpy raises when one call site logs at two severities; the throttles must not."""
+    from rclpy.logging import get_logger
+
+    from clamp_ros.util import KeyedThrottle
+
+    logger = get_logger("throttle_check")
+    err, warn = KeyedThrottle(logger.error, 0.0), KeyedThrottle(logger.warning, 0.0)
+    for i in range(3):
+        err(("a", i), "an error")
+        warn(("b", i), "a warning")
