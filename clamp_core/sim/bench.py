@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from pathlib import Path
 
 from .aloha import START_POSE
 from .generate import Job, generate
@@ -13,7 +14,7 @@ from .tasks import make_task
 
 
 def bench_sim(
-    task_name: str = "transfer_cube", steps: int = 100, episodes: int = 4, progress: bool = True
+    task_name: str = "transfer_cube", steps: int = 100, episodes: int = 6, progress: bool = True
 ) -> dict:
     task = make_task(task_name)
     sim = task.make_sim(width=640, height=480)
@@ -37,9 +38,12 @@ def bench_sim(
             t0 = time.perf_counter()
             results = list(generate(jobs, workers, progress=progress))
             secs = time.perf_counter() - t0
+            written = sum(r.status == "written" for r in results)
+            size = sum(f.stat().st_size for f in Path(out).rglob("*.hdf5"))
             gen[workers] = {
                 "episodes_per_min": 60 * len(results) / secs,
-                "written": sum(r.status == "written" for r in results),
+                "written": written,
+                "mb_per_episode": size / 1e6 / max(written, 1),
             }
     return {
         "metric": "control steps per second per worker, 4 RGB-D cameras at 640x480",
