@@ -56,6 +56,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_bench_sim)
 
+    ev = sub.add_parser("eval", help="evaluate a policy")
+    ev_sub = ev.add_subparsers(dest="eval", required=True)
+    es = ev_sub.add_parser(
+        "sim", help="closed loop with the MuJoCo task in one process (no ROS): the model alone"
+    )
+    es.add_argument("--model", required=True, help="model directory (clamp export output)")
+    es.add_argument("--task", required=True, help="task id (clamp generate --list)")
+    es.add_argument("--episodes", type=int, default=20, help="seeds --seed .. --seed+N-1")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--execute-steps", type=int, default=10, help="actions run per chunk")
+    es.add_argument("--width", type=int, default=320)
+    es.add_argument("--height", type=int, default=240)
+    es.add_argument("--json", action="store_true")
+    es.set_defaults(func=cmd_eval_sim)
+
     from .training.cli import add_commands  # torch is imported only when a command runs
 
     add_commands(sub, bench_sub)
@@ -165,6 +180,29 @@ def cmd_bench_sim(args) -> int:
     print(result["metric"])
     print(f"  ours {result['ours']:.1f} {result['unit']}")
     print(json.dumps(result["config"], indent=2))
+    return 0
+
+
+def cmd_eval_sim(args) -> int:
+    from .eval.sim_eval import evaluate
+
+    r = evaluate(
+        args.model,
+        args.task,
+        range(args.seed, args.seed + args.episodes),
+        args.width,
+        args.height,
+        args.execute_steps,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    for e in r["episodes"]:
+        print(
+            f"  seed {e['seed']}: {'SUCCESS' if e['success'] else 'failure'} ({e['steps']} steps)"
+        )
+    print(f"success: {r['successes']}/{len(r['episodes'])} ({r['success_rate']:.0%})")
     return 0
 
 

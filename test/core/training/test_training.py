@@ -366,3 +366,21 @@ def test_bench_policy_json_shape():
     assert r["config"]["preset"] == "cpu-small"
     assert r["config"]["parity_max_abs_diff"] <= 1e-4
     assert r["config"]["chunk_max_abs_diff_ort_vs_torch"] <= 1e-3
+
+
+def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
+    """An (untrained) exported model driven against the MuJoCo task in one process."""
+    from clamp_core.eval.sim_eval import evaluate
+    from clamp_core.models.config import ModelConfig, preset
+    from clamp_core.training.export import export_untrained
+
+    d = preset("cpu-small").to_dict()
+    d["view_size"] = 32
+    d["image"].update(patch_size=8, dim=48, layers=1, heads=2)
+    d["denoiser"].update(dim=32, layers=1, cond_layers=1, heads=2)
+    export_untrained(ModelConfig.from_dict(d), tmp_path / "m", verify=False)
+    r = evaluate(tmp_path / "m", "transfer_cube", [3], width=64, height=48, execute_steps=25,
+                 progress=False, threads=1)
+    (ep,) = r["episodes"]
+    assert ep["seed"] == 3 and isinstance(ep["success"], bool)
+    assert 1 <= ep["steps"] <= 400 and r["successes"] == int(ep["success"])
