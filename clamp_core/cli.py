@@ -200,7 +200,8 @@ def cmd_eval_sim(args) -> int:
         return 0
     for e in r["episodes"]:
         print(
-            f"  seed {e['seed']}: {'SUCCESS' if e['success'] else 'failure'} ({e['steps']} steps)"
+            f"  seed {e['seed']}: {'SUCCESS' if e['success'] else 'failure'} "
+            f"({e['steps']} steps, task progress reached {e['max_progress']})"
         )
     print(f"success: {r['successes']}/{len(r['episodes'])} ({r['success_rate']:.0%})")
     return 0

@@ -46,6 +46,7 @@ def evaluate(
         history: deque = deque(maxlen=max(meta.action_history, 1))
         chunk, k, views = None, 0, None
         success_at = None
+        reached = 0
         t0 = time.perf_counter()
         for step in range(task.max_steps):
             if chunk is None or k >= execute_steps:
@@ -72,6 +73,7 @@ def evaluate(
             k += 1
             sim.step(action)
             history.append(action)
+            reached = max(reached, int(task.progress(sim)))
             if task.success(sim):
                 success_at = step
                 break
@@ -80,6 +82,7 @@ def evaluate(
                 "seed": int(seed),
                 "success": success_at is not None,
                 "steps": (success_at + 1) if success_at is not None else task.max_steps,
+                "max_progress": reached,
                 "wall_s": round(time.perf_counter() - t0, 2),
             }
         )
