@@ -35,7 +35,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
-from sensor_msgs.msg import JointState
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -69,6 +70,14 @@ ARM_JOINTS = [
     "wrist_rotate",
     "gripper",
 ]
+
+
+class _ViewSet:
+    """Every view of one stamp, from the perception node's topics."""
+
+    def __init__(self, stamp_ns: int, images: np.ndarray):
+        self.stamp_ns = stamp_ns
+        self.images = images
 
 
 def resolve_model(path: str) -> Path:
@@ -131,6 +140,12 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                     "interbotix_xs_msgs/JointSingleCommand topic of the gripper.",
                 ),
             }
+        self.views_from_topics = d(
+            "views_from_topics",
+            False,
+            "Take the rendered views from a perception node's views/<name> topics instead of "
+            "running perception in-process (false: lowest latency).",
+        )
         self.output = d(
             "output",
             "joint_trajectory",
@@ -247,7 +262,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
             if not self._perception_ready:
-                self.init_perception()
+                if self.views_from_topics:
+                    self._init_view_topics()
+                else:
+                    self.init_perception()
                 self._perception_ready = True
                 for arm in self.arms:
                     self.create_subscription(
@@ -392,6 +410,17 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         if policy is None or not active:
             return
         stamp = synced.stamp_ns
+        self._time_check(stamp)
+        if not self.executor_.needs_inference(start_ns):
+            return
+        qpos, q_ns = self._measured()
+        if qpos is None:
+            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+        t1 = time.perf_counter()
+        result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
+        self._infer(policy, stamp, result.views.images, qpos, start_ns, t1)
+
+    def _time_check(self, stamp: int) -> None:
         if self.last_obs_stamp is not None and (
             self.last_obs_stamp - stamp > self.time_reset_s_policy * 1e9
         ):
@@ -400,19 +429,15 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self.executor_.reset()
                 self.history.clear()
         self.last_obs_stamp = stamp
-        if not self.executor_.needs_inference(start_ns):
-            return
-        qpos, q_ns = self._measured()
-        if qpos is None:
-            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
-        t1 = time.perf_counter()
-        result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
+
+    def _infer(self, policy, stamp, views, qpos, start_ns: int, t1: float) -> None:
+        """Views (V, H, W, 4) at ``stamp`` -> chunk -> executor -> (trajectory) commands."""
         self.last_view_rx = time.monotonic()
         t2 = time.perf_counter()
         meta = policy.metadata
         obs = PolicyObservation(
             stamp_ns=stamp,
-            views=result.views.images,
+            views=views,
             qpos=qpos,
             action_history=self._history(stamp, meta.action_history, qpos),
         )
@@ -434,6 +459,76 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         if published:
             self.stats["publish_ms"].add((t4 - t3) * 1e3)
             self.stats["stamp_to_command_ms"].add((self._now() - stamp) * 1e-6)
+
+    # ------------------------------------------------------------------ views from topics
+    def _init_view_topics(self) -> None:
+        """Views from a perception node (split deployment): same config, same worker thread and
+        watchdog; a set is complete when every view with one stamp has arrived."""
+        from .params import declare_perception_config
+
+        self.config = declare_perception_config(self)
+        self.drops = collections.Counter()
+        self.rates = {f"views/{v.name}": RateMeter() for v in self.config.views}
+        self.split = {}
+        self._views: dict[int, dict[str, np.ndarray]] = {}
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        for v in self.config.views:
+            self.create_subscription(
+                Image, f"views/{v.name}", lambda m, n=v.name: self.on_view(n, m), qos
+            )
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self.on_diagnostics)
+        self._pending = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._worker = threading.Thread(target=self._work, name="policy", daemon=True)
+        self._worker.start()
+
+    def on_view(self, name: str, msg: Image) -> None:
+        cfg = self.config
+        if msg.encoding != "32FC4" or (msg.width, msg.height) != (
+            cfg.image_width,
+            cfg.image_height,
+        ):
+            self.drops["bad_view"] += 1
+            return self.error(
+                ("view", name),
+                f"view '{name}': expected 32FC4 {cfg.image_width}x{cfg.image_height}, got "
+                f"{msg.encoding} {msg.width}x{msg.height}; dropped",
+            )
+        img = np.frombuffer(bytes(msg.data), np.float32)
+        if img.size != msg.height * msg.width * 4:
+            self.drops["bad_view"] += 1
+            return self.error(("view", name, "size"), f"view '{name}': data size {img.size}")
+        self.rates[f"views/{name}"].tick()
+        stamp = stamp_to_ns(msg.header.stamp)
+        names = [v.name for v in cfg.views]
+        with self._cv:
+            entry = self._views.setdefault(stamp, {})
+            entry[name] = img.reshape(msg.height, msg.width, 4)
+            if len(entry) == len(names):
+                del self._views[stamp]
+                self._pending = _ViewSet(stamp, np.stack([entry[n] for n in names]))
+                self._cv.notify()
+            for old in sorted(self._views)[:-10]:  # incomplete sets: keep the newest few
+                self.drops["incomplete_views"] += 1
+                del self._views[old]
+
+    def _process(self, synced) -> None:
+        if not isinstance(synced, _ViewSet):
+            return super()._process(synced)
+        start_ns = self._now()
+        with self.lock:
+            policy, active = self.policy, self.active
+        if policy is None or not active:
+            return
+        self._time_check(synced.stamp_ns)
+        if not self.executor_.needs_inference(start_ns):
+            return
+        qpos, _ = self._measured()
+        if qpos is None:
+            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+        self._infer(policy, synced.stamp_ns, synced.images, qpos, start_ns, time.perf_counter())
 
     def _history(self, stamp: int, n: int, qpos: np.ndarray) -> np.ndarray:
         """(n, 14) commanded actions at stamp - n*dt .. stamp - dt (oldest first); the measured

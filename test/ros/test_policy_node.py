@@ -457,3 +457,34 @@ def test_warning_and_error_throttles_share_rclpy_call_sites():
     for i in range(3):
         err(("a", i), "an error")
         warn(("b", i), "a warning")
+
+
+def test_views_from_a_perception_node_and_the_perception_process_killed(graph, models):
+    """Split deployment: a perception node process renders the views, the policy node takes
+    them from its topics. Killing perception stops the commands (watchdog); a new perception
+    process brings them back."""
+    robot, env, tmp, _ = graph
+    spec = NodeSpec("perception_node", "perception", ("config/synthetic_demo.yaml",))
+    params = {"perception.image_width": VIEW, "perception.image_height": VIEW}
+    perception = start_process(node_command(spec, params), env, tmp / "perception.log")
+    proc = start_policy(graph, "split", models / "tiny", views_from_topics=True)
+    try:
+        robot.wait_commands(2, "commands from topic views")
+        stop_process(perception, sig=9)  # killed, not stopped
+        t_kill = robot.node.get_clock().now().nanoseconds
+        robot.spin_until(
+            lambda: robot.last_status() is not None and "stale" in robot.last_status().message,
+            "stale views in diagnostics",
+        )
+        last = robot.traj["left"][-1][1]
+        end = _motion_end_ns(last)
+        assert end <= t_kill + (SAFETY.max_input_age_s + 1.0) * 1e9
+        robot.spin_until(lambda: robot.node.get_clock().now().nanoseconds > end, "motion end")
+        n = robot.count()
+        robot.spin_for(1.5)
+        assert robot.count() == n, "commands without perception"
+        perception = start_process(node_command(spec, params), env, tmp / "perception2.log")
+        robot.wait_commands(2, "commands after perception came back")
+    finally:
+        stop_process(proc)
+        stop_process(perception)
