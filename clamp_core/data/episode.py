@@ -19,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..fileio import fsync_dir
+
 FORMAT = "clamp-episode"
 FORMAT_VERSION = 1
 NUM_JOINTS = 14
@@ -634,7 +636,7 @@ class EpisodeWriter:
             if self.path.exists() and not self._overwrite:
                 raise FileExistsError(errno.EEXIST, "appeared while writing", str(self.path))
             os.replace(self.partial, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as e:
             self._abort()
             raise self._write_error("publishing", e) from e
@@ -697,19 +699,6 @@ def _filters(compression: str | None, shuffle: bool) -> dict:
     if compression == "gzip":
         kw["compression_opts"] = GZIP_LEVEL
     return kw
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_open
 from ..perception.config import PerceptionConfig, ViewConfig
 from .normalize import MinMax, NormalizationError
 from .schedule import ScheduleConfig
@@ -263,17 +263,8 @@ class PolicyMetadata:
         if path.is_dir():
             path = path / METADATA_FILE
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        with atomic_open(path, "w") as f:
+            f.write(text)
         return path
 
     @staticmethod
@@ -415,16 +406,3 @@ def _str_list(name: str, values) -> list[str]:
     if len(set(values)) != len(values):
         raise MetadataError(f"{name}: entries must be unique, got {list(values)}")
     return list(values)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

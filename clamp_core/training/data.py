@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.episode import CameraCalib, EpisodeReader, find_episodes
+from ..fileio import atomic_open
 from ..geometry.camera import PinholeCamera
 from ..geometry.tf_buffer import TfBuffer
 from ..geometry.transforms import Transform
@@ -121,11 +122,8 @@ def cached_views(
             arr = np.zeros((len(ts), len(config.views), s, s, 4), np.float16)
             for i, t in enumerate(ts):
                 arr[i] = renderer.render(reader, t).images
-        tmp = out.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        with atomic_open(out) as f:
+            np.save(f, arr)
     return np.load(out, mmap_mode="r")
 
 

@@ -24,6 +24,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..fileio import atomic_open
 from ..models.clamp import ClampModel
 from ..models.config import ModelConfig
 from ..perception.config import ConfigError, PerceptionConfig
@@ -81,12 +82,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 # --------------------------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
