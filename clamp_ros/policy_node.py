@@ -680,17 +680,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self._hold(problem, fallback=cmd)
 
     def _input_problem(self, now: int) -> str | None:
-        """Why nothing may be commanded now (stale or missing input), else None."""
-        qpos, _ = self._measured()
-        if qpos is None:
-            return "measured joint state missing or non-finite"
-        limit = self.safety_cfg.max_input_age_s
-        ages = [((now - ts) * 1e-9, name) for name, ts in self._inputs().items()]
-        stale = sorted(a for a in ages if a[0] > limit)
-        if stale:
-            age, name = stale[-1]
-            return f"stale input '{name}' ({age:.2f} s > {limit:.2f} s)"
-        return None
+        """Why nothing may be commanded now (the safety filter's watchdog), else None."""
+        qpos, q_ns = self._measured()
+        return self.safety.input_problem(qpos, q_ns, self._inputs(), now)
 
     # ------------------------------------------------------------------ diagnostics
     def on_diagnostics(self) -> None:

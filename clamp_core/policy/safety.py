@@ -223,16 +223,7 @@ class SafetyFilter:
                 f"positions: needs a ({times.shape[0]}, {A}) real array matching times_ns and "
                 f"joint_names, got {pos.dtype} {pos.shape}"
             )
-        if measured_qpos is not None:
-            measured = np.asarray(measured_qpos)
-            if measured.shape != (A,) or not _is_real(measured):
-                raise ValueError(
-                    f"measured_qpos: needs a ({A},) real array, got {measured.dtype} "
-                    f"{measured.shape}"
-                )
-            measured = measured.astype(np.float64)
-        else:
-            measured = None
+        measured = self._measured(measured_qpos)
         now = _stamp("now_ns", now_ns)
         m_stamp = None
         if measured_stamp_ns is not None:
@@ -248,27 +239,9 @@ class SafetyFilter:
 
         if not enabled:
             return suppress("disabled")
-        if measured is None or m_stamp is None:
-            return suppress("measured joint state missing")
-        if hold is None:
-            bad = [n for n, ok in zip(self.cfg.joint_names, np.isfinite(measured)) if not ok]
-            return suppress(f"measured joint state non-finite ({', '.join(bad)})")
-        max_age = self.cfg.max_input_age_s
-        stale = []
-        m_age = (now - m_stamp) * 1e-9
-        if m_age > max_age:
-            stale.append((m_age, f"stale measured joint state ({m_age:.2f} s > {max_age:.2f} s)"))
-        for name in sorted(input_stamps):
-            stamp = input_stamps[name]
-            if stamp is None:
-                stale.append((math.inf, f"no input '{name}' received"))
-                continue
-            age = (now - _stamp(f"input_stamps['{name}']", stamp)) * 1e-9
-            if age > max_age:
-                stale.append((age, f"stale input '{name}' ({age:.2f} s > {max_age:.2f} s)"))
-        if stale:
-            stale.sort(key=lambda x: -x[0])  # the oldest first
-            return suppress("; ".join(text for _, text in stale))
+        problem = self._input_problem(measured, m_stamp, input_stamps, now)
+        if problem:
+            return suppress(problem)
         if chunk_stamp_ns is not None:
             age = (now - _stamp("chunk_stamp_ns", chunk_stamp_ns)) * 1e-9
             if age > self.cfg.max_chunk_age_s:
@@ -299,6 +272,59 @@ class SafetyFilter:
             prev = out[k]
         clipped[VELOCITY_LIMIT] = limited
         return SafetyResult(out, None, clipped, hold)
+
+    def input_problem(
+        self,
+        measured_qpos: np.ndarray | None,
+        measured_stamp_ns: int | None,
+        input_stamps: Mapping[str, int | None],
+        now_ns: int,
+    ) -> str | None:
+        """The watchdog alone: why nothing may be commanded now because of the inputs (measured
+        state missing or non-finite, an input stale or never received), else None. The same
+        checks and reasons as :meth:`filter`, for a command already handed to a controller."""
+        m_stamp = (
+            None if measured_stamp_ns is None else _stamp("measured_stamp_ns", measured_stamp_ns)
+        )
+        return self._input_problem(
+            self._measured(measured_qpos), m_stamp, input_stamps, _stamp("now_ns", now_ns)
+        )
+
+    def _measured(self, measured_qpos) -> np.ndarray | None:
+        if measured_qpos is None:
+            return None
+        A = len(self.cfg.joint_names)
+        measured = np.asarray(measured_qpos)
+        if measured.shape != (A,) or not _is_real(measured):
+            raise ValueError(
+                f"measured_qpos: needs a ({A},) real array, got {measured.dtype} {measured.shape}"
+            )
+        return measured.astype(np.float64)
+
+    def _input_problem(self, measured, m_stamp, input_stamps, now) -> str | None:
+        if measured is None or m_stamp is None:
+            return "measured joint state missing"
+        finite = np.isfinite(measured)
+        if not finite.all():
+            bad = [n for n, ok in zip(self.cfg.joint_names, finite) if not ok]
+            return f"measured joint state non-finite ({', '.join(bad)})"
+        max_age = self.cfg.max_input_age_s
+        stale = []
+        m_age = (now - m_stamp) * 1e-9
+        if m_age > max_age:
+            stale.append((m_age, f"stale measured joint state ({m_age:.2f} s > {max_age:.2f} s)"))
+        for name in sorted(input_stamps):
+            stamp = input_stamps[name]
+            if stamp is None:
+                stale.append((math.inf, f"no input '{name}' received"))
+                continue
+            age = (now - _stamp(f"input_stamps['{name}']", stamp)) * 1e-9
+            if age > max_age:
+                stale.append((age, f"stale input '{name}' ({age:.2f} s > {max_age:.2f} s)"))
+        if stale:
+            stale.sort(key=lambda x: -x[0])  # the oldest first
+            return "; ".join(text for _, text in stale)
+        return None
 
 
 class Watchdog:

@@ -355,6 +355,29 @@ def test_any_stale_input_always_suppresses():
         assert f"stale input '{stale}' ({age_ns / 1e9:.2f} s > 0.50 s)" in res.suppressed
 
 
+def test_input_problem_is_the_filters_watchdog():
+    """The node's watchdog for commands already sent gives the filter's own verdict."""
+    f = SafetyFilter(CFG)
+    for seed in range(200):
+        rng = np.random.default_rng(9000 + seed)
+        times, positions, measured = random_case(rng, scale=1.0)
+        now = int(times[0])
+        stamps = {f"input{i}": now - int(rng.integers(0, 900 * MS)) for i in range(3)}
+        if seed % 4 == 0:
+            measured = measured.copy()
+            measured[int(rng.integers(0, A))] = np.nan
+        m_stamp = None if seed % 7 == 0 else now - int(rng.integers(0, 700 * MS))
+        res = run(
+            f, times, positions, measured, measured_stamp=m_stamp, input_stamps=stamps, now=now
+        )
+        problem = f.input_problem(measured, m_stamp, stamps, now)
+        if problem is not None:
+            assert res.positions is None and res.suppressed == problem
+        else:
+            assert res.suppressed is None or not res.suppressed.startswith(("stale", "measured"))
+    assert f.input_problem(None, None, {}, T0) == "measured joint state missing"
+
+
 def test_stale_chunk_suppresses():
     f = SafetyFilter(CFG)
     times, positions, measured = [T0 + 20 * MS], np.zeros((1, A)), np.zeros(A)
