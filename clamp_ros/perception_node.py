@@ -87,7 +87,6 @@ class PerceptionFrontend:
             "sensor_data",
             "QoS of image subscriptions: sensor_data (best effort) or reliable.",
         )
-        diag_period = declare(self, "diagnostics_period_s", 1.0, "Diagnostics publish period.")
         self.time_reset_s = declare(
             self,
             "time_reset_threshold_s",
@@ -183,16 +182,44 @@ class PerceptionFrontend:
             )
         )
 
+        self.start_worker_and_diagnostics("perception")
+
+    def start_worker_and_diagnostics(self, worker_name: str) -> None:
+        """/diagnostics on a timer (``on_diagnostics``) and the worker thread that takes the
+        newest pending set (``_process``)."""
+        period = declare(self, "diagnostics_period_s", 1.0, "Diagnostics publish period.")
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(
-            diag_period, self.on_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
+            period, self.on_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
-
         self._pending: SyncedSet | None = None
         self._cv = threading.Condition()
         self._stop = False
-        self._worker = threading.Thread(target=self._work, name="perception", daemon=True)
+        self._worker = threading.Thread(target=self._work, name=worker_name, daemon=True)
         self._worker.start()
+
+    @staticmethod
+    def latency_values(stats) -> list:
+        """KeyValues ``<name> p50`` / ``<name> p95`` of (name, LatencyStats) pairs."""
+        values = []
+        for name, st in stats:
+            for q in (50, 95):
+                v = st.percentile(q)
+                values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
+        return values
+
+    def publish_status(self, kind: str, level, message: str, values: list) -> None:
+        """One DiagnosticStatus named '<node>: <kind>' on /diagnostics."""
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: {kind}",
+            message=message,
+            hardware_id="clamp_ros",
+            values=values,
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
 
     # ------------------------------------------------------------------ input callbacks
     def on_info(self, cam: str, msg: CameraInfo, depth: bool) -> None:
@@ -463,14 +490,8 @@ class PerceptionNode(PerceptionFrontend, Node):
         now = time.monotonic()
         values, stale = self.perception_diagnostics(now)
         values.append(KeyValue(key="views rate_hz", value=f"{self.out_rate.rate_hz(now):.1f}"))
-        for name, stats in (
-            ("processing_ms", self.latency),
-            ("stamp_to_publish_ms", self.age),
-            *self.split.items(),
-        ):
-            for q in (50, 95):
-                v = stats.percentile(q)
-                values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
+        latencies = [("processing_ms", self.latency), ("stamp_to_publish_ms", self.age)]
+        values += self.latency_values([*latencies, *self.split.items()])
         values += [
             KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())
         ]
@@ -480,16 +501,7 @@ class PerceptionNode(PerceptionFrontend, Node):
             level, message = DiagnosticStatus.ERROR, f"stale inputs: {', '.join(stale)}"
         elif self.out_rate.age_s(now) is None or self.out_rate.age_s(now) > 1.0:
             level, message = DiagnosticStatus.WARN, "no views published recently"
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: perception",
-            message=message,
-            hardware_id="clamp_ros",
-            values=values,
-        )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+        self.publish_status("perception", level, message, values)
 
     def destroy_node(self) -> None:
         self.stop_perception()

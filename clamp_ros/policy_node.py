@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -367,7 +367,6 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 )
         else:
             raise ConfigError(f"output '{self.output}' must be joint_trajectory or interbotix")
-        self.diag_pub_policy = self.diag_pub
 
     def on_joint_state(self, arm: str, msg: JointState) -> None:
         names = list(msg.name)
@@ -476,13 +475,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.create_subscription(
                 Image, f"views/{v.name}", lambda m, n=v.name: self.on_view(n, m), qos
             )
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self.on_diagnostics)
-        self._pending = None
-        self._cv = threading.Condition()
-        self._stop = False
-        self._worker = threading.Thread(target=self._work, name="policy", daemon=True)
-        self._worker.start()
+        self.start_worker_and_diagnostics("policy")
 
     def on_view(self, name: str, msg: Image) -> None:
         cfg = self.config
@@ -696,10 +689,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         values.append(
             KeyValue(key="command rate_hz", value=f"{self.command_rate.rate_hz(now):.1f}")
         )
-        for name, st in self.stats.items():
-            for q in (50, 95):
-                v = st.percentile(q)
-                values.append(KeyValue(key=f"{name} p{q}", value="-" if v is None else f"{v:.1f}"))
+        values += self.latency_values(self.stats.items())
         values += [
             KeyValue(key=f"suppressed {k}", value=str(v))
             for k, v in sorted(self.suppressed.items())
@@ -720,16 +710,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"stale inputs: {', '.join(stale)}"
         elif self.last_suppression and self.holding:
             level, message = DiagnosticStatus.ERROR, f"holding: {self.last_suppression}"
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: policy",
-            message=message,
-            hardware_id="clamp_ros",
-            values=values,
-        )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+        self.publish_status("policy", level, message, values)
 
     def destroy_node(self) -> None:
         if getattr(self, "_perception_ready", False):  # also when __init__ failed half-way
