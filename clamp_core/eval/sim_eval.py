@@ -60,8 +60,7 @@ def evaluate(
                     "extrinsics": frame.extrinsics,
                     "depth_mm": {c: encode_depth_mm(frame.depth_m[c]) for c in cams},
                 }
-                frames, tf = renderer.frames_and_tf(rec, calib, renderer.config.base_frame)
-                views = renderer.pipeline.process(frames, tf).views.images
+                views = renderer.render_frame(rec, calib).images
                 qpos = frame.qpos
                 hist = list(history) or [qpos]
                 hist = [hist[0]] * (meta.action_history - len(hist)) + hist

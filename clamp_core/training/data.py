@@ -90,7 +90,12 @@ class EpisodeRenderer:
 
     def render(self, reader: EpisodeReader, t: int) -> RenderedViews:
         frame = reader.frame(t, cameras=[c.name for c in self.config.cameras], images=False)
-        frames, tf = self.frames_and_tf(frame, reader.cameras, self.config.base_frame)
+        return self.render_frame(frame, reader.cameras)
+
+    def render_frame(self, frame: dict, cameras: dict[str, CameraCalib]) -> RenderedViews:
+        """Views of one frame given as ``EpisodeReader.frame`` returns it (stamp_ns,
+        extrinsics, depth_mm), e.g. straight from the simulator."""
+        frames, tf = self.frames_and_tf(frame, cameras, self.config.base_frame)
         return self.pipeline.process(frames, tf).views
 
 
