@@ -182,6 +182,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.qpos_arm_rx = {arm: None for arm in self.arms}
         self.history: collections.deque = collections.deque(maxlen=500)
         self.last_obs_stamp: int | None = None
+        # monotonic time of the newest complete observation (images + tf poses, or views)
         self.last_view_rx: float | None = None
         self.suppressed: collections.Counter = collections.Counter()
         self.clipped: collections.Counter = collections.Counter()
@@ -409,6 +410,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         if policy is None or not active:
             return
         stamp = synced.stamp_ns
+        self.last_view_rx = time.monotonic()  # a complete set with its camera poses (tf)
         self._time_check(stamp)
         if not self.executor_.needs_inference(start_ns):
             return
@@ -431,7 +433,6 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
 
     def _infer(self, policy, stamp, views, qpos, start_ns: int, t1: float) -> None:
         """Views (V, H, W, 4) at ``stamp`` -> chunk -> executor -> (trajectory) commands."""
-        self.last_view_rx = time.monotonic()
         t2 = time.perf_counter()
         meta = policy.metadata
         obs = PolicyObservation(
@@ -515,6 +516,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             policy, active = self.policy, self.active
         if policy is None or not active:
             return
+        self.last_view_rx = time.monotonic()
         self._time_check(synced.stamp_ns)
         if not self.executor_.needs_inference(start_ns):
             return
@@ -549,6 +551,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         for stream, meter in self.rates.items():
             age = meter.age_s(now_mono)
             out[stream] = now - int(1e9 * (age if age is not None else 1e9))
+        # images alone are not enough: a set counts once its camera poses (tf) were found too
+        last = self.last_view_rx
+        out["observation"] = now - int(1e9 * (now_mono - last if last is not None else 1e9))
         with self.lock:
             for arm, rx in self.qpos_arm_rx.items():
                 out[f"{arm} joint_states"] = rx if rx is not None else now - int(1e18)

@@ -459,32 +459,86 @@ def test_warning_and_error_throttles_share_rclpy_call_sites():
         warn(("b", i), "a warning")
 
 
-def test_views_from_a_perception_node_and_the_perception_process_killed(graph, models):
+def test_views_from_a_perception_node_and_the_perception_process_killed(
+    models, ros_domain_id, tmp_path
+):
     """Split deployment: a perception node process renders the views, the policy node takes
     them from its topics. Killing perception stops the commands (watchdog); a new perception
-    process brings them back."""
-    robot, env, tmp, _ = graph
+    process brings them back. A domain of its own, so no other test's nodes are in it."""
+    env = child_env(
+        1 + (ros_domain_id + 70) % 101,
+        tmp_path / "ros_log",
+        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    )
     spec = NodeSpec("perception_node", "perception", ("config/synthetic_demo.yaml",))
     params = {"perception.image_width": VIEW, "perception.image_height": VIEW}
-    perception = start_process(node_command(spec, params), env, tmp / "perception.log")
-    proc = start_policy(graph, "split", models / "tiny", views_from_topics=True)
-    try:
-        robot.wait_commands(2, "commands from topic views")
-        stop_process(perception, sig=9)  # killed, not stopped
-        t_kill = robot.node.get_clock().now().nanoseconds
-        robot.spin_until(
-            lambda: robot.last_status() is not None and "stale" in robot.last_status().message,
-            "stale views in diagnostics",
+    with rclpy_session(env, "split_checker") as node:
+        robot = Robot(node)
+        scene = start_process(scene_cmd(), env, tmp_path / "scene.log")
+        perception = start_process(node_command(spec, params), env, tmp_path / "perception.log")
+        proc = start_process(
+            policy_cmd(models / "tiny", views_from_topics=True), env, tmp_path / "split.log"
         )
-        last = robot.traj["left"][-1][1]
-        end = _motion_end_ns(last)
-        assert end <= t_kill + (SAFETY.max_input_age_s + 1.0) * 1e9
-        robot.spin_until(lambda: robot.node.get_clock().now().nanoseconds > end, "motion end")
-        n = robot.count()
-        robot.spin_for(1.5)
-        assert robot.count() == n, "commands without perception"
-        perception = start_process(node_command(spec, params), env, tmp / "perception2.log")
-        robot.wait_commands(2, "commands after perception came back")
-    finally:
-        stop_process(proc)
-        stop_process(perception)
+        try:
+            robot.wait_commands(2, "commands from topic views")
+            stop_process(perception, sig=9)  # killed, not stopped
+            t_kill = node.get_clock().now().nanoseconds
+            robot.wait_log(proc, r"stale")
+            last = robot.traj["left"][-1][1]
+            end = _motion_end_ns(last)
+            assert end <= t_kill + (SAFETY.max_input_age_s + 1.0) * 1e9
+            robot.spin_until(lambda: node.get_clock().now().nanoseconds > end, "motion end")
+            n = robot.count()
+            robot.spin_for(1.5)
+            assert robot.count() == n, "commands without perception"
+            perception = start_process(
+                node_command(spec, params), env, tmp_path / "perception2.log"
+            )
+            robot.wait_commands(2, "commands after perception came back")
+        finally:
+            stop_process(proc)
+            stop_process(perception)
+            stop_process(scene)
+
+
+def test_tf_stopping_stops_commands_and_recovers(models, ros_domain_id, tmp_path):
+    """Images keep coming but tf stops (a robot state publisher died): without camera poses
+    there is no observation, so the watchdog cuts the commands; tf back, commands back. The
+    scene's /tf goes through this process, which stops relaying it. A domain of its own."""
+    from tf2_msgs.msg import TFMessage
+
+    from clamp_ros.perception_node import TF_QOS
+
+    env = child_env(
+        1 + (ros_domain_id + 30) % 101,
+        tmp_path / "ros_log",
+        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    )
+    with rclpy_session(env, "tf_checker") as node:
+        robot = Robot(node)
+        relay = {"on": True}
+        tf_pub = node.create_publisher(TFMessage, "/tf", TF_QOS)
+        node.create_subscription(
+            TFMessage, "/tf_scene", lambda m: relay["on"] and tf_pub.publish(m), TF_QOS
+        )
+        scene = start_process(scene_cmd() + ["-r", "/tf:=/tf_scene"], env, tmp_path / "scene.log")
+        proc = start_process(
+            policy_cmd(models / "tiny", **{"execution.mode": "async"}), env, tmp_path / "policy.log"
+        )
+        try:
+            robot.wait_commands(2, "commands with tf")
+            relay["on"] = False
+            t_stop = node.get_clock().now().nanoseconds
+            robot.wait_log(proc, r"stale input 'observation'")
+            last = robot.traj["left"][-1][1]
+            end = _motion_end_ns(last)
+            assert end <= t_stop + (SAFETY.max_input_age_s + 1.0) * 1e9
+            robot.spin_until(lambda: node.get_clock().now().nanoseconds > end, "motion end")
+            n = robot.count()
+            robot.spin_for(1.5)
+            assert robot.count() == n, "commands without tf"
+            relay["on"] = True
+            robot.wait_commands(2, "commands after tf came back")
+        finally:
+            stop_process(proc)
+            stop_process(scene)
