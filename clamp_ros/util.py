@@ -109,6 +109,11 @@ def run_node(make_node: Callable, args=None, name: str = "node") -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # Ctrl-C can shut the context down while the executor is taking a message; rclpy then
+        # raises from the take instead of ExternalShutdownException. That is still a shutdown.
+        if rclpy.ok():
+            raise
     except ValueError as e:
         if node is not None:
             raise
