@@ -49,7 +49,7 @@ class ClampModel(nn.Module):
         self.cond_views = nn.Linear(cfg.image.dim, d)
         self.cond_action = nn.Linear(cfg.action.dim, d)
         self.cond_qpos = nn.Linear(cfg.action_dim, d)
-        self.denoiser = Denoiser(cfg)
+        self.denoiser = Denoiser(cfg)  # its cond_type embedding tells the tokens apart
 
     # ------------------------------------------------------------------ pieces
     def encoder_modules(self) -> list[nn.Module]:
@@ -71,7 +71,15 @@ class ClampModel(nn.Module):
         return mods
 
     def encode(self, views, action_history):
-        cls, per_view, _, _ = self.image(views)
+        """-> cls (B, D), per-view tokens (B, V * view_tokens^2, D), action embedding."""
+        cls, per_view, tokens, _ = self.image(views)
+        k = self.cfg.view_tokens
+        if k > 1:
+            b, v, d = tokens.shape[0], self.cfg.num_views, tokens.shape[-1]
+            g = self.image.grid
+            # (B, V, g, g, D) -> mean over (g/k x g/k) blocks -> (B, V*k*k, D), row-major
+            x = tokens.reshape(b, v, k, g // k, k, g // k, d).mean(dim=(3, 5))
+            per_view = x.reshape(b, v * k * k, d)
         act = self.action(action_history)
         return cls, per_view, act
 
@@ -102,18 +110,26 @@ class ClampModel(nn.Module):
         contrastive: bool = True,
         text: bool = True,
         policy: bool = True,
+        prediction_type: str = "epsilon",
     ) -> dict[str, torch.Tensor]:
         """Loss terms and metrics of one batch.
 
         batch: views (B, V, S, S, 4), qpos (B, A), action_history (B, H, A), actions (B, F, A)
         (all normalised), actions_is_pad (B, F) bool, text_ids (B, L), text_numbers (B, L, 3),
-        text_progress (B,). ``train_encoders_with_policy`` lets the diffusion loss reach the
-        encoders (training from scratch); otherwise the policy sees them detached, as in CLAMP
-        (encoders learn only from the contrastive objectives).
+        text_progress (B,); or, with frozen encoders, their precomputed outputs cls, per_view and
+        act in place of views and text. ``train_encoders_with_policy`` lets the diffusion loss
+        reach the encoders (training from scratch); otherwise the policy sees them detached, as
+        in CLAMP (encoders learn only from the contrastive objectives). ``prediction_type``: the
+        denoiser learns the noise ('epsilon') or the clean chunk ('sample'), as the schedule says.
         """
         out: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=batch["views"].device)
-        cls, per_view, act = self.encode(batch["views"], batch["action_history"])
+        total = torch.zeros((), device=batch["qpos"].device)
+        if "cls" in batch:  # precomputed outputs of frozen encoders
+            if contrastive:
+                raise ValueError("precomputed encoder features: the encoders cannot train")
+            cls, per_view, act = batch["cls"], batch["per_view"], batch["act"]
+        else:
+            cls, per_view, act = self.encode(batch["views"], batch["action_history"])
         if contrastive:
             img_e = F.normalize(self.image_head(cls), dim=-1)
             act_e = F.normalize(self.action_head(act), dim=-1)
@@ -136,9 +152,11 @@ class ClampModel(nn.Module):
             a = alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(b, 1, 1)
             noise = torch.randn_like(x0)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            eps = self.denoiser(xt, t, memory)
+            out_pred = self.denoiser(xt, t, memory)
+            target = x0 if prediction_type == "sample" else noise
             keep = (~batch["actions_is_pad"]).to(x0.dtype).unsqueeze(-1)
-            loss = ((eps - noise) ** 2 * keep).sum() / (keep.sum() * x0.shape[-1]).clamp(min=1)
+            err = ((out_pred - target) ** 2 * keep).sum()
+            loss = err / (keep.sum() * x0.shape[-1]).clamp(min=1)
             out["loss_diffusion"] = loss
             total = total + loss
         out["loss"] = total

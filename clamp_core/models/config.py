@@ -126,6 +126,9 @@ class ModelConfig:
     """Actions per predicted chunk (F)."""
     embed_dim: int = 128
     """Width of the shared contrastive embedding space."""
+    view_tokens: int = 1
+    """Each view gives the policy a view_tokens x view_tokens grid of its patch tokens, average
+    pooled (1: one mean token per view). More tokens keep where things are in each view."""
     workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.45, -0.05])
     """Box the views' XYZ values come from (m; the perception crop box), for example inputs."""
     workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.45, 0.6])
@@ -155,11 +158,22 @@ class ModelConfig:
             raise ConfigError("action_horizon and action_dim must be >= 1")
         if self.denoiser.dim % self.denoiser.heads:
             raise ConfigError("denoiser: dim must be divisible by heads")
+        grid = self.view_size // self.image.patch_size
+        if not (isinstance(self.view_tokens, int) and 1 <= self.view_tokens <= grid):
+            raise ConfigError(
+                f"view_tokens must be an integer in 1..{grid} (the patch grid side), "
+                f"got {self.view_tokens}"
+            )
+        if grid % self.view_tokens:
+            raise ConfigError(
+                f"view_tokens {self.view_tokens} must divide the patch grid side {grid} "
+                f"(view_size / patch_size)"
+            )
 
     @property
     def num_cond_tokens(self) -> int:
-        """CLS + one pooled token per view + action embedding + proprio (+ RGB tokens)."""
-        n = 1 + self.num_views + 1 + 1
+        """CLS + view_tokens^2 pooled tokens per view + action embedding + proprio (+ RGB)."""
+        n = 1 + self.num_views * self.view_tokens**2 + 1 + 1
         if self.rgb.enabled:
             n += len(self.rgb.cameras) * self.rgb.tokens_per_camera
         return n

@@ -1,6 +1,7 @@
 """Diffusion Policy denoiser (ALOHA-Unleashed style): an encoder over the observation condition
 tokens, run once per inference, and a decoder over the noisy 50 x 14 action chunk that
-cross-attends to them, run once per DDIM step. Predicts the noise (epsilon)."""
+cross-attends to them, run once per DDIM step. Predicts the noise (epsilon) or the clean chunk
+(sample), as the noise schedule's ``prediction_type`` says."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Denoiser(nn.Module):
         return self.cond_norm(x)
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, memory: torch.Tensor):
-        """noisy (B, F, A), timestep (B,) int64, memory (B, Nc, dim) -> eps (B, F, A)."""
+        """noisy (B, F, A), timestep (B,) int64, memory (B, Nc, dim) -> eps or x0 (B, F, A)."""
         temb = self.time_mlp(sinusoidal(timestep, self.dim))[:, None]
         x = self.act_in(noisy) + self.act_pos + temb
         context = torch.cat([memory, temb], dim=1)

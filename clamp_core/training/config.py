@@ -62,6 +62,9 @@ class TrainConfig:
     """Fine-tuning: run folder or checkpoint (.pt) whose weights start this run."""
     freeze_encoders: bool = True
     """Fine-tuning: keep the CLAMP encoders fixed (False: train them with the policy loss)."""
+    cache_features: bool = True
+    """Fine-tuning with frozen encoders: encode every window once and train the policy on the
+    stored outputs (same result, several times faster; off: encode every batch)."""
     from_scratch: bool = False
     """Baseline: random init, encoders trained end to end by the diffusion loss only."""
 

@@ -9,6 +9,7 @@ CPU training, so views are cached once per (episode, perception config, stride) 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -213,8 +214,30 @@ class WindowDataset:
             norm["action"].normalize(e.lowdim["action"].astype(np.float32)) for e in episodes
         ]
 
+        self.features: dict[str, np.ndarray] | None = None
+
     def __len__(self) -> int:
         return len(self.index)
+
+    def _history(self, ei: int, t: int) -> np.ndarray:
+        idx = np.clip(np.arange(t - self.history, t), 0, self.episodes[ei].num_frames - 1)
+        return self._act[ei][idx]
+
+    def item_inputs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The encoders' inputs of window ``i``: views (V, S, S, 4), action history (H, A)."""
+        ei, k = self.index[i]
+        views = np.asarray(self.episodes[ei].views[k], np.float32)
+        return views, self._history(int(ei), int(k) * self.stride)
+
+    def with_features(self, features: dict[str, np.ndarray]) -> WindowDataset:
+        """The same windows with precomputed encoder outputs (frozen encoders: ``cls``,
+        ``per_view``, ``act``, one row per window) in place of views and text."""
+        n = {len(v) for v in features.values()}
+        if n != {len(self)}:
+            raise ValueError(f"features for {n} windows, dataset has {len(self)}")
+        out = copy.copy(self)
+        out.features = features
+        return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         ei, k = self.index[i]
@@ -222,16 +245,18 @@ class WindowDataset:
         t = int(k) * self.stride
         T = e.num_frames
         act = self._act[ei]
-        hist_idx = np.clip(np.arange(t - self.history, t), 0, T - 1)
         fut = np.arange(t, t + self.horizon)
         item = {
-            "views": np.asarray(e.views[k], np.float32),
             "qpos": self._qpos[ei][t],
-            "action_history": act[hist_idx],
+            "action_history": self._history(int(ei), t),
             "actions": act[np.clip(fut, 0, T - 1)],
             "actions_is_pad": fut >= T,
             "task_index": np.int64(self.tasks.index(e.task) if e.task in self.tasks else -1),
         }
+        if self.features is not None:
+            item.update({name: f[i] for name, f in self.features.items()})
+            return item
+        item["views"] = np.asarray(e.views[k], np.float32)
         if self.text_cfg is not None:
             tc = self.text_cfg
             tok = tokenize(

@@ -239,7 +239,14 @@ def prepare_data(cfg: TrainConfig, model_cfg: ModelConfig, norm=None, progress=T
 
 @torch.no_grad()
 def evaluate(
-    model: ClampModel, data: WindowDataset, alphas, device, batch_size=32, max_batches=8, seed=0
+    model: ClampModel,
+    data: WindowDataset,
+    alphas,
+    device,
+    batch_size=32,
+    max_batches=8,
+    seed=0,
+    prediction_type: str = "epsilon",
 ) -> dict[str, float]:
     """Held-out retrieval (top-1 image -> action and image -> text among ``batch_size``
     candidates; chance = 1 / batch) and diffusion loss."""
@@ -257,7 +264,9 @@ def evaluate(
             break
         items = [data[i] for i in idx]
         batch = _to_device({k: np.stack([it[k] for it in items]) for k in items[0]}, device)
-        out = model.losses(batch, alphas)
+        out = model.losses(
+            batch, alphas, contrastive=data.features is None, prediction_type=prediction_type
+        )
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         sums["chance"] = sums.get("chance", 0.0) + 1.0 / len(idx)
@@ -279,11 +288,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     init = None
     if cfg.init_from:
         init = load_checkpoint(cfg.init_from)
-        model_cfg = ModelConfig.from_dict(init["model_config"])
+        model_cfg = finetune_model_config(init["model_config"], cfg.model)
         norm = {k: MinMax.from_dict(v) for k, v in init["norm"].items()}
+        sched_cfg = _schedule_of(init, cfg.schedule)
     else:
         model_cfg, norm = cfg.model_config(), None
-    sched_cfg = cfg.schedule_config() if not init else _schedule_of(init)
+        sched_cfg = cfg.schedule_config()
     schedule = NoiseSchedule(sched_cfg)
     alphas = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
 
@@ -291,12 +301,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     model = ClampModel(model_cfg).to(device)
     init_info = {}
     if init is not None:
-        model.load_state_dict(init["model"])
+        fresh = load_pretrained(model, init["model"])
         init_info = {
             "path": init["path"],
             "step": init["step"],
             "weights_sha1": state_digest(init["model"]),
         }
+        if fresh:
+            init_info["reinitialised"] = fresh
     elif cfg.from_scratch:
         init_info = {"scratch": True}
 
@@ -308,6 +320,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     contrastive = (
         cfg.contrastive and not cfg.from_scratch and not (finetune and cfg.freeze_encoders)
     )
+    if finetune and cfg.freeze_encoders and cfg.cache_features and model.rgb is None:
+        # frozen encoders make their outputs constants of each window: compute them once
+        for name in ("train", "val"):
+            ds = getattr(data, name)
+            if ds is not None:
+                setattr(data, name, encoded_windows(model, ds, device, progress and dist_info.main))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -394,13 +412,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     )
     metrics_path = out / "metrics.jsonl"
     model.train()
+    pred = sched_cfg.prediction_type
     t_last = time.perf_counter()
     while step < cfg.steps:
         for g in optim.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps, cfg.steps)
         batch = _to_device(next(batches), device)
         losses = _losses(
-            ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg
+            ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg, pred
         )
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -425,7 +444,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
             and data.val is not None
             and (step % cfg.eval_every == 0 or step == cfg.steps)
         ):
-            ev = evaluate(model, data.val, alphas, device, seed=cfg.seed)
+            ev = evaluate(
+                model,
+                data.val,
+                alphas,
+                device,
+                seed=cfg.seed,
+                prediction_type=sched_cfg.prediction_type,
+            )
             ev["step"] = step
             _log(writer, metrics_path, ev, step, "")
         if dist_info.main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
@@ -455,19 +481,89 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     return final
 
 
-def _losses(ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg):
+def _losses(ddp_model, model, batch, alphas, train_encoders_with_policy, contrastive, cfg, pred):
+    args = (batch, alphas, train_encoders_with_policy, contrastive, cfg.text, cfg.policy, pred)
     if ddp_model is model:
-        return model.losses(
-            batch, alphas, train_encoders_with_policy, contrastive, cfg.text, cfg.policy
-        )
+        return model.losses(*args)
     # DDP hooks run on forward(): route the loss computation through it
-    return ddp_model(batch, alphas, train_encoders_with_policy, contrastive, cfg.text, cfg.policy)
+    return ddp_model(*args)
 
 
-def _schedule_of(ck: dict):
+def _schedule_of(ck: dict, overrides: dict | None = None):
     from ..policy.schedule import ScheduleConfig
 
-    return ScheduleConfig.from_dict(ck["schedule"])
+    d = dict(ck["schedule"])
+    unknown = set(overrides or {}) - set(d)
+    if unknown:
+        raise ConfigError(f"schedule: unknown keys {sorted(unknown)}; known: {sorted(d)}")
+    d.update(overrides or {})
+    return ScheduleConfig.from_dict(d)
+
+
+POLICY_FIELDS = ("view_tokens", "denoiser")
+"""Model fields fine-tuning may change: they shape only the policy, not the CLAMP encoders."""
+
+
+def finetune_model_config(pretrained: dict, overrides: dict) -> ModelConfig:
+    """The pretrained model's config with ``overrides`` of policy-only fields (view_tokens,
+    denoiser.*); an override that would change the encoders is an error naming it."""
+    d = ModelConfig.from_dict(pretrained).to_dict()
+    for k, v in (overrides or {}).items():
+        if k not in d:
+            raise ConfigError(f"model.{k}: unknown; known: {sorted(d)}")
+        if isinstance(d[k], dict) and isinstance(v, dict):
+            merged = {**d[k], **v}
+            if merged != d[k] and k not in POLICY_FIELDS:
+                raise ConfigError(
+                    f"model.{k}: fine-tuning keeps the pretrained encoders, so only "
+                    f"{', '.join(POLICY_FIELDS)} may change (got {v})"
+                )
+            d[k] = merged
+        elif v != d[k]:
+            if k not in POLICY_FIELDS:
+                raise ConfigError(
+                    f"model.{k}: fine-tuning keeps the pretrained encoders, so only "
+                    f"{', '.join(POLICY_FIELDS)} may change ({d[k]!r} -> {v!r})"
+                )
+            d[k] = v
+    return ModelConfig.from_dict(d)
+
+
+def load_pretrained(model: ClampModel, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a pretrained state into ``model``; policy weights whose shape the fine-tuning config
+    changed start fresh. Returns the names of those (sorted)."""
+    own = model.state_dict()
+    policy = tuple(n + "." for n, m in model.named_children() if m in model.policy_modules())
+    fresh = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    bad = [k for k in fresh if not k.startswith(policy)] + sorted(set(state) - set(own))
+    if bad:
+        raise CheckpointError(
+            f"pretrained weights do not fit this model outside the policy: {bad[:5]}"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+    return fresh
+
+
+@torch.no_grad()
+def encoded_windows(model: ClampModel, data: WindowDataset, device, progress: bool = True):
+    """Every window's encoder outputs (cls, per-view tokens, action embedding), computed once:
+    fine-tuning with frozen encoders then trains the policy on these instead of the views."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {"cls": [], "per_view": [], "act": []}
+    batch = 64
+    for s in tqdm(range(0, len(data), batch), desc="encode windows", disable=not progress):
+        idx = range(s, min(s + batch, len(data)))
+        items = [data.item_inputs(i) for i in idx]
+        views = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
+        hist = torch.from_numpy(np.stack([it[1] for it in items])).to(device)
+        cls, per_view, act = model.encode(views, hist)
+        for k, v in zip(("cls", "per_view", "act"), (cls, per_view, act), strict=True):
+            out[k].append(v.float().cpu().numpy())
+    model.train(was_training)
+    return data.with_features({k: np.concatenate(v) for k, v in out.items()})
 
 
 def _log(writer, path: Path, row: dict, step: int, prefix: str) -> None:

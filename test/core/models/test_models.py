@@ -55,6 +55,9 @@ def test_presets_are_valid_and_differ():
         ({"image": {"dim": 40, "heads": 2}}, "multiple of 6"),
         ({"image": {"dim": 50, "heads": 4}}, "not divisible"),
         ({"bogus": 1}, "unknown keys"),
+        ({"view_tokens": 0}, "view_tokens must be an integer in 1..3"),
+        ({"view_tokens": 4}, "view_tokens must be an integer in 1..3"),
+        ({"view_size": 32, "image": {"patch_size": 8}, "view_tokens": 3}, "must divide"),
     ],
 )
 def test_model_config_rejects_bad_values(change, match):
@@ -241,6 +244,53 @@ def test_model_losses_and_condition_shapes():
     assert memory.shape == (4, cfg.num_cond_tokens, cfg.denoiser.dim)
     eps = m.denoiser(b["actions"], torch.tensor([0, 5, 50, 99]), memory)
     assert eps.shape == b["actions"].shape
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_view_tokens_are_block_means_of_each_views_patch_tokens(k):
+    """view_tokens k: each view gives k*k tokens, token (v, i, j) = mean of the patch tokens in
+    block (i, j) of view v's g x g patch grid (checked against a loop over patches)."""
+    cfg = tiny_config(view_size=32, view_tokens=k)
+    m = ClampModel(cfg).eval()
+    b = _batch(cfg, b=2)
+    with torch.no_grad():
+        _, per_view, _ = m.encode(b["views"], b["action_history"])
+        cls, mean_per_view, tokens, _ = m.image(b["views"])
+    g, v = m.image.grid, cfg.num_views
+    assert per_view.shape == (2, v * k * k, cfg.image.dim)
+    assert cfg.num_cond_tokens == 1 + v * k * k + 2
+    grid = tokens.reshape(2, v, g, g, -1)
+    s = g // k
+    for vi in range(v):
+        for i in range(k):
+            for j in range(k):
+                want = grid[:, vi, i * s : (i + 1) * s, j * s : (j + 1) * s].mean(dim=(1, 2))
+                got = per_view[:, vi * k * k + i * k + j]
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if k == 1:
+        torch.testing.assert_close(per_view, mean_per_view, atol=1e-5, rtol=1e-5)
+    memory = m.condition(cls, per_view, m.action(b["action_history"]), b["qpos"])
+    assert memory.shape == (2, cfg.num_cond_tokens, cfg.denoiser.dim)
+
+
+def test_sample_prediction_learns_the_chunk_not_the_noise():
+    """prediction_type 'sample': the loss is the error on x0 (a denoiser that outputs x0 gets 0),
+    'epsilon': the error on the noise."""
+    cfg = tiny_config()
+    m = ClampModel(cfg)
+    b = _batch(cfg)
+    alphas = torch.linspace(0.99, 0.01, 100)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, xt, t, memory):
+            return b["actions"]
+
+    m.denoiser.forward = Oracle().forward
+    with torch.no_grad():
+        x0_loss = m.losses(b, alphas, contrastive=False, prediction_type="sample")
+        eps_loss = m.losses(b, alphas, contrastive=False, prediction_type="epsilon")
+    assert float(x0_loss["loss_diffusion"]) == 0.0
+    assert float(eps_loss["loss_diffusion"]) > 0.1
 
 
 def test_padded_actions_do_not_reach_the_diffusion_loss():

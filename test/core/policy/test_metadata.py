@@ -106,7 +106,7 @@ def _with(meta: PolicyMetadata, **changes) -> dict:
         (dict(parity_max_abs_diff=float("nan")), "parity_max_abs_diff"),
         (dict(files={"encoders": "/abs/enc.onnx", "denoiser": "d.onnx"}), "files.encoders"),
         (dict(files={"encoders": "e.onnx"}), "files: needs exactly"),
-        (dict(schedule={"prediction_type": "sample"}), "schedule: .*prediction_type"),
+        (dict(schedule={"prediction_type": "v"}), "schedule: .*prediction_type"),
         (
             dict(schedule={"num_steps": 10}),
             r"schedule: unknown schedule parameters \['num_steps'\]",

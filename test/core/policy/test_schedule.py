@@ -81,6 +81,41 @@ def test_oracle_eps_recovers_x0_exactly(cfg):
     np.testing.assert_allclose(out, x0, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("clip", [True, False])
+def test_sample_prediction_oracle_recovers_x0_and_matches_the_epsilon_path(clip):
+    """A denoiser that outputs the true x0 ('sample') lands on x0, and every intermediate x_t
+    equals the one an epsilon denoiser outputting the true noise gives (same DDIM trajectory)."""
+    rng = np.random.default_rng(7)
+    x0 = rng.uniform(-0.95, 0.95, size=(2, 6, 14))
+    x_T = rng.standard_normal(x0.shape)
+    eps_cfg = ScheduleConfig(clip_sample=clip)
+    x0_cfg = ScheduleConfig(prediction_type="sample", clip_sample=clip)
+    seen = {"eps": [], "x0": []}
+
+    def x0_fn(x, t):
+        seen["x0"].append(x.copy())
+        return x0
+
+    eps = oracle_eps(NoiseSchedule(eps_cfg), x0)
+
+    def eps_fn(x, t):
+        seen["eps"].append(x.copy())
+        return eps(x, t)
+
+    out = ddim_sample(x0_fn, x_T, x0_cfg)
+    ref = ddim_sample(eps_fn, x_T, eps_cfg)
+    np.testing.assert_allclose(out, x0, atol=1e-12)
+    np.testing.assert_allclose(ref, x0, atol=1e-12)
+    for a, b in zip(seen["x0"], seen["eps"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    # x0 outside the clip range is clipped by the 'sample' path too
+    far = ddim_sample(lambda x, t: 3 * x0, x_T, x0_cfg)
+    if clip:
+        np.testing.assert_allclose(far, np.clip(3 * x0, -1, 1), atol=1e-12)
+    else:
+        np.testing.assert_allclose(far, 3 * x0, atol=1e-12)
+
+
 def test_float32_sampling_stays_float32_and_close():
     cfg = ScheduleConfig()
     sched = NoiseSchedule(cfg)
@@ -156,8 +191,8 @@ def test_eps_fn_with_the_wrong_shape_is_an_error():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(prediction_type="sample"), "prediction_type"),
-        (dict(prediction_type="v_prediction"), "epsilon"),
+        (dict(prediction_type="x0"), "prediction_type"),
+        (dict(prediction_type="v_prediction"), "epsilon', 'sample"),
         (dict(beta_schedule="scaled_linear"), "beta_schedule"),
         (dict(inference_steps=0), "inference_steps"),
         (dict(inference_steps=101), "inference_steps"),

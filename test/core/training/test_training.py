@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from clamp_core.data.episode import EpisodeReader
+from clamp_core.perception.config import ConfigError
 from clamp_core.policy.runtime import OnnxPolicy, PolicyObservation
 from clamp_core.training.config import TrainConfig
 from clamp_core.training.data import (
@@ -176,6 +177,80 @@ def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache
     assert ft["norm"] == pre["norm"]  # the pretrained normalisation is kept
 
 
+def test_finetune_changes_the_policy_shape_and_objective(pretrained, toy_data, cache_dir, tmp_path):
+    """Fine-tuning may pool more view tokens and learn x0 ('sample'): the encoders stay
+    bit-identical, the policy weights whose shape changed start fresh (and are listed), the
+    exported model runs them, and an override of an encoder field is refused by name."""
+    pre = load_checkpoint(pretrained)
+    out = tmp_path / "ft"
+    cfg = make_cfg(
+        toy_data,
+        out,
+        cache_dir,
+        steps=20,
+        init_from=str(pretrained),
+        contrastive=False,
+        model={"view_tokens": 2},
+        schedule={"prediction_type": "sample"},
+    )
+    train(cfg, progress=False)
+    ft = load_checkpoint(out)
+    assert ft["model_config"]["view_tokens"] == 2
+    assert ft["schedule"]["prediction_type"] == "sample"
+    assert ft["init"]["reinitialised"] == ["denoiser.cond_type"]
+    for prefix in ("image.", "action.", "text."):
+        assert state_digest(ft["model"], prefix) == state_digest(pre["model"], prefix), prefix
+    rows = [r for r in metrics(out) if "loss_diffusion" in r]
+    assert rows[-1]["loss_diffusion"] < rows[0]["loss_diffusion"]
+    meta = export(out, tmp_path / "m")
+    assert meta.parity_max_abs_diff <= 1e-4
+    assert meta.cond_tokens == 1 + 5 * 4 + 2
+    assert meta.schedule["prediction_type"] == "sample"
+    with pytest.raises(ConfigError, match=r"model.image: fine-tuning keeps the pretrained"):
+        train(
+            make_cfg(
+                toy_data,
+                tmp_path / "bad",
+                cache_dir,
+                steps=1,
+                init_from=str(pretrained),
+                model={"image": {"layers": 3}},
+            ),
+            progress=False,
+        )
+
+
+def test_cached_encoder_features_give_the_same_loss(pretrained, toy_data, cache_dir):
+    """Frozen fine-tuning trains on stored encoder outputs: the loss of a batch built from them
+    equals the loss of the same batch encoded from its views."""
+    from clamp_core.models.clamp import ClampModel
+    from clamp_core.models.config import ModelConfig
+    from clamp_core.training.train import encoded_windows, prepare_data
+
+    ck = load_checkpoint(pretrained)
+    model_cfg = ModelConfig.from_dict(ck["model_config"])
+    cfg = make_cfg(toy_data, "unused", cache_dir)
+    data = prepare_data(cfg, model_cfg, progress=False)
+    model = ClampModel(model_cfg)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    feats = encoded_windows(model, data.train, torch.device("cpu"), progress=False)
+    assert len(feats) == len(data.train) and "views" not in feats[0]
+    idx = [0, 3, len(feats) - 1]
+    alphas = torch.linspace(0.99, 0.01, 100)
+
+    def loss(ds):
+        items = [ds[i] for i in idx]
+        batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+        torch.manual_seed(3)
+        with torch.no_grad():
+            return float(model.losses(batch, alphas, contrastive=False)["loss_diffusion"])
+
+    assert loss(feats) == pytest.approx(loss(data.train), rel=1e-5)
+    with pytest.raises(ValueError, match="features for"):
+        data.train.with_features({"cls": np.zeros((1, 4))})
+
+
 def test_finetune_unfrozen_and_scratch(pretrained, toy_data, cache_dir, tmp_path):
     pre = load_checkpoint(pretrained)
     cfg = make_cfg(
@@ -209,8 +284,6 @@ def test_bad_checkpoints_and_configs(tmp_path, toy_data, cache_dir):
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a clamp-checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    from clamp_core.perception.config import ConfigError
-
     with pytest.raises(ConfigError, match="unknown training options"):
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ConfigError, match="model.image.patchsize"):
@@ -379,8 +452,16 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     d["image"].update(patch_size=8, dim=48, layers=1, heads=2)
     d["denoiser"].update(dim=32, layers=1, cond_layers=1, heads=2)
     export_untrained(ModelConfig.from_dict(d), tmp_path / "m", verify=False)
-    r = evaluate(tmp_path / "m", "transfer_cube", [3], width=64, height=48, execute_steps=25,
-                 progress=False, threads=1)
+    r = evaluate(
+        tmp_path / "m",
+        "transfer_cube",
+        [3],
+        width=64,
+        height=48,
+        execute_steps=25,
+        progress=False,
+        threads=1,
+    )
     (ep,) = r["episodes"]
     assert ep["seed"] == 3 and isinstance(ep["success"], bool)
     assert 1 <= ep["steps"] <= 400 and r["successes"] == int(ep["success"])
