@@ -193,6 +193,9 @@ class PerceptionFrontend:
             period, self.on_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
         self._pending: SyncedSet | None = None
+        # ROS time the pending set became complete, and that of the set the worker is on
+        self._pending_ready_ns = 0
+        self.ready_ns = 0
         self._cv = threading.Condition()
         self._stop = False
         self._worker = threading.Thread(target=self._work, name=worker_name, daemon=True)
@@ -312,6 +315,7 @@ class PerceptionFrontend:
                 if self._pending is not None:
                     self.drops["busy"] += 1  # the worker is behind: newest set wins
                 self._pending = sets[-1]
+                self._pending_ready_ns = self.get_clock().now().nanoseconds
                 self.drops["busy"] += len(sets) - 1
                 self._cv.notify()
 
@@ -362,6 +366,7 @@ class PerceptionFrontend:
                 if self._stop:
                     return
                 synced, self._pending = self._pending, None
+                self.ready_ns = self._pending_ready_ns
             try:
                 self._process(synced)
             except Exception as e:  # never let one frame kill the node

@@ -184,6 +184,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.last_obs_stamp: int | None = None
         # monotonic time of the newest complete observation (images + tf poses, or views)
         self.last_view_rx: float | None = None
+        self.tf_wait_ms: float | None = None
         self.suppressed: collections.Counter = collections.Counter()
         self.clipped: collections.Counter = collections.Counter()
         self.last_suppression = ""
@@ -193,6 +194,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             k: LatencyStats()
             for k in (
                 "sync_ms",
+                "sync_transport_ms",
+                "sync_wait_ms",
+                "sync_tf_ms",
                 "fuse_render_ms",
                 "inference_ms",
                 "publish_ms",
@@ -405,6 +409,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
     # ------------------------------------------------------------------ inference (worker)
     def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
         start_ns = self._now()
+        self.tf_wait_ms = (time.perf_counter() - t0) * 1e3
         with self.lock:
             policy, active = self.policy, self.active
         if policy is None or not active:
@@ -454,6 +459,11 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             published = self._publish_trajectory(self._now())
         t4 = time.perf_counter()
         self.stats["sync_ms"].add((start_ns - stamp) * 1e-6)
+        # sync = transport (stamp -> the set complete in this node) + wait (-> worker, tf)
+        self.stats["sync_transport_ms"].add((self.ready_ns - stamp) * 1e-6)
+        self.stats["sync_wait_ms"].add((start_ns - self.ready_ns) * 1e-6)
+        if self.tf_wait_ms is not None:  # in-process perception: the part of wait spent on tf
+            self.stats["sync_tf_ms"].add(self.tf_wait_ms)
         self.stats["fuse_render_ms"].add((t2 - t1) * 1e3)
         self.stats["inference_ms"].add((t3 - t2) * 1e3)
         if published:
@@ -503,6 +513,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             if len(entry) == len(names):
                 del self._views[stamp]
                 self._pending = _ViewSet(stamp, np.stack([entry[n] for n in names]))
+                self._pending_ready_ns = self._now()
                 self._cv.notify()
             for old in sorted(self._views)[:-10]:  # incomplete sets: keep the newest few
                 self.drops["incomplete_views"] += 1

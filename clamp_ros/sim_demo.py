@@ -277,6 +277,8 @@ def run_bench_e2e(args) -> int:
         k: {"p50": num(f"{k}_ms p50"), "p95": num(f"{k}_ms p95")}
         for k in ("sync", "fuse_render", "inference", "publish")
     }
+    for k in ("transport", "wait", "tf"):
+        split["sync"][k] = {"p50": num(f"sync_{k}_ms p50"), "p95": num(f"sync_{k}_ms p95")}
     result = {
         "metric": (
             f"camera image stamp -> JointTrajectory built from it, policy node with perception "
@@ -298,7 +300,10 @@ def run_bench_e2e(args) -> int:
             "cpu_count": os.cpu_count(),
             "split_definition": (
                 "sync: image stamp -> synchronised set ready in the node (transport + sync + "
-                "tf wait); fuse_render: fusion + 5 views; inference: ONNX encoders + DDIM; "
+                "tf wait), split into transport (stamp -> the set complete in the node: sim "
+                "rendering after the stamp, DDS, callbacks) and wait (-> the worker starts it; "
+                "tf: the part of wait spent waiting for the camera poses); "
+                "fuse_render: fusion + 5 views; inference: ONNX encoders + DDIM; "
                 "publish: chunk execution + safety filter + messages"
             ),
         },
@@ -310,4 +315,8 @@ def run_bench_e2e(args) -> int:
         print(f"  p50 {result['p50']} ms, p95 {result['ours']} ms")
         for k, v in split.items():
             print(f"  {k:12s} p50 {v['p50']} ms, p95 {v['p95']} ms")
+            for sub in ("transport", "wait", "tf"):
+                if sub in v:
+                    w = v[sub]
+                    print(f"    {sub:10s} p50 {w['p50']} ms, p95 {w['p95']} ms")
     return 0

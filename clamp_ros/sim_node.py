@@ -444,7 +444,8 @@ class SimNode(Node):
             info = info_from_camera(self.sim.intrinsics[name], header)
             info_pub.publish(info)
             depth_info_pub.publish(info)
-            color_pub.publish(image_msg(rgb, "rgb8", header))
+            if color_pub.get_subscription_count():  # a depth-only graph skips the copy
+                color_pub.publish(image_msg(rgb, "rgb8", header))
             depth_pub.publish(image_msg(encode_depth_mm(frame.depth_m[name]), "16UC1", header))
         self.frames += 1
 

@@ -258,8 +258,12 @@ class ChunkExecutor:
         t = self._advance(_check_stamp("t_ns", t_ns))
         _check_int("max_points", max_points, minimum=1)
         A = len(self.joint_names)
-        if self._dt_s is None:
+        chunks = self._live(t) if self._dt_s is not None else []
+        if not chunks:
             return np.zeros(0, np.int64), np.zeros((0, A))
+        # no point past the last chunk's end can be valid: evaluate only up to there
+        last = max(s.end_ns for s in chunks)
+        max_points = max(0, min(max_points, int((last - t) // (self._dt_s * 1e9)) + 2))
         k = np.arange(max_points, dtype=np.float64)
         times = t + np.round(k * self._dt_s * 1e9).astype(np.int64)
         values, valid = self._evaluate(times)

@@ -542,3 +542,28 @@ def test_tf_stopping_stops_commands_and_recovers(models, ros_domain_id, tmp_path
         finally:
             stop_process(proc)
             stop_process(scene)
+
+
+def test_bench_e2e_json_reports_latency_and_its_split(ros_domain_id, tmp_path):
+    """`clamp bench e2e --json` (the demo graph on the wall clock, the shipped model): one JSON
+    object whose p95 ('ours') and p50 are real figures and whose split covers every stage."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = child_env(ros_domain_id, tmp_path / "ros_log")
+    clamp = Path(sys.executable).with_name("clamp")
+    cmd = [str(clamp), "bench", "e2e", "--json", "--episodes", "1", "--max-seconds", "6"]
+    cmd += ["--camera-size", "160x120", "--out", str(tmp_path / "bench")]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["unit"] == "ms"
+    assert 0 < res["p50"] <= res["ours"], res
+    for stage in ("sync", "fuse_render", "inference", "publish"):
+        assert 0 <= res["split"][stage]["p50"] <= res["split"][stage]["p95"], (stage, res)
+    for sub in ("transport", "wait"):
+        assert res["split"]["sync"][sub]["p50"] is not None, res
+    assert res["config"]["episodes"] == 1
+    assert (tmp_path / "bench" / "summary.json").is_file()

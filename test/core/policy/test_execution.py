@@ -206,6 +206,26 @@ def test_temporal_ensembling_between_ticks_and_trajectory_agree_with_command_at(
         np.testing.assert_allclose(ex.command_at(int(times[k])), pos[k], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["receding_horizon", "temporal_ensembling", "async"])
+def test_trajectory_with_a_huge_point_budget_is_the_whole_plan(mode):
+    """The node asks for up to 10 000 points: it gets exactly the plan (every point equal to
+    command_at, nothing after the plan ends), however the chunks overlap."""
+    ex = executor(mode)
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        ex.add_chunk(chunk(T0 + i * 7 * DT_NS + 1_000_000, rng.normal(size=(50, 3))))
+    for t in (T0 + 15 * DT_NS + 3_000_000, T0 + 40 * DT_NS, T0 + 200 * DT_NS):
+        times, pos = ex.trajectory(t, max_points=10_000)
+        for k in range(len(times)):
+            np.testing.assert_allclose(ex.command_at(int(times[k])), pos[k], rtol=0, atol=1e-12)
+        if len(times):
+            assert ex.command_at(int(times[-1]) + DT_NS) is None
+        else:
+            assert ex.command_at(t) is None
+        small, _ = ex.trajectory(t, max_points=3)
+        np.testing.assert_array_equal(small, times[:3])
+
+
 def test_temporal_ensembling_asks_for_inference_every_k_ticks():
     ex = executor("temporal_ensembling", inference_every_steps=3)
     assert ex.needs_inference(T0)
