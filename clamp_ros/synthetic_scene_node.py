@@ -61,7 +61,7 @@ class SyntheticSceneNode(Node):
             )
         )
         self._static_images = {}  # fixed cameras see a static scene: render once
-        self.create_timer(1.0 / tf_rate, self.publish_tf)
+        self.create_timer(1.0 / tf_rate, lambda: self.publish_tf())  # no TimerInfo arg
         self.create_timer(1.0 / rate, self.publish_images)
         self.frames = 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -92,21 +93,59 @@ class LatencyStats:
         return len(self._samples)
 
 
+EXECUTORS = ("events", "single")
+
+
+def make_executor(kind: str | None = None):
+    """The executor every node spins in: ``CLAMP_EXECUTOR`` = events (default where rclpy has
+    it) or single.
+
+    rclpy's EventsExecutor (C++, rclpy >= 9) takes messages in the order they arrived; the
+    wait-set SingleThreadedExecutor rebuilds its wait set in Python on every callback and visits
+    ready subscriptions in creation order, so a node with images, tf and joint states at 50 Hz
+    spends much of a core there and can handle an image set before the tf published ahead of
+    it."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    kind = kind or os.environ.get("CLAMP_EXECUTOR", "events")
+    if kind not in EXECUTORS:
+        raise ValueError(f"CLAMP_EXECUTOR={kind!r}: choose one of {list(EXECUTORS)}")
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            return SingleThreadedExecutor()
+        return EventsExecutor()
+    return SingleThreadedExecutor()
+
+
+def spin(executor) -> None:
+    """Spin until shutdown. The EventsExecutor of the rclpy 9 wheels never returns from a
+    blocking ``spin()`` / ``spin_once()`` without a timeout (nothing is dispatched), so it is
+    spun in short slices."""
+    import rclpy
+
+    if type(executor).__name__ != "EventsExecutor":
+        return executor.spin()
+    while rclpy.ok():
+        executor.spin_once(timeout_sec=0.1)
+
+
 def run_node(make_node: Callable, args=None, name: str = "node") -> None:
     """The body of every node executable: init, build the node, spin until Ctrl-C or shutdown,
     then tear down in the order that never hangs. A ValueError while building the node (a bad
     parameter) is printed as one line and exits with status 2."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=args)
     node = None
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     config_error = False
     try:
         node = make_node()
         executor.add_node(node)
-        executor.spin()
+        spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
