@@ -252,6 +252,10 @@ def add_bench_e2e(bench_sub) -> None:
     p.set_defaults(func=run_bench_e2e, episodes=2, max_seconds=15.0, out="bench_out")
 
 
+SYNC_PARTS = ("transport", "wait", "tf")
+"""The policy node's ``sync_<part>_ms`` figures that split the sync stage."""
+
+
 def run_bench_e2e(args) -> int:
     """The demo graph on the ROS (wall) clock, so latencies are real milliseconds: the sim
     stamps its images with the ROS clock, the policy node measures each image's stamp to the
@@ -277,7 +281,7 @@ def run_bench_e2e(args) -> int:
         k: {"p50": num(f"{k}_ms p50"), "p95": num(f"{k}_ms p95")}
         for k in ("sync", "fuse_render", "inference", "publish")
     }
-    for k in ("transport", "wait", "tf"):
+    for k in SYNC_PARTS:
         split["sync"][k] = {"p50": num(f"sync_{k}_ms p50"), "p95": num(f"sync_{k}_ms p95")}
     result = {
         "metric": (
@@ -315,7 +319,7 @@ def run_bench_e2e(args) -> int:
         print(f"  p50 {result['p50']} ms, p95 {result['ours']} ms")
         for k, v in split.items():
             print(f"  {k:12s} p50 {v['p50']} ms, p95 {v['p95']} ms")
-            for sub in ("transport", "wait", "tf"):
+            for sub in SYNC_PARTS:
                 if sub in v:
                     w = v[sub]
                     print(f"    {sub:10s} p50 {w['p50']} ms, p95 {w['p95']} ms")

@@ -140,18 +140,16 @@ class NoiseSchedule:
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
         x64 = np.asarray(x, dtype=np.float64)
-        if self.cfg.prediction_type == "sample":
+        sample = self.cfg.prediction_type == "sample"
+        if sample:
             x0 = np.asarray(eps, dtype=np.float64)
-            if self.cfg.clip_sample:
-                x0 = np.clip(x0, -self.cfg.clip_range, self.cfg.clip_range)
-            eps64 = (x64 - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
-            x_prev = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps64
-            return x_prev.astype(np.asarray(x).dtype, copy=False)
-        eps64 = np.asarray(eps, dtype=np.float64)
-        x0 = (x64 - math.sqrt(1.0 - a_t) * eps64) / math.sqrt(a_t)
+        else:
+            eps64 = np.asarray(eps, dtype=np.float64)
+            x0 = (x64 - math.sqrt(1.0 - a_t) * eps64) / math.sqrt(a_t)
         if self.cfg.clip_sample:
             r = self.cfg.clip_range
             x0 = np.clip(x0, -r, r)
+        if sample or self.cfg.clip_sample:
             eps64 = (x64 - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps64
         return x_prev.astype(np.asarray(x).dtype, copy=False)

@@ -96,12 +96,12 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         d = preset(self.preset).to_dict()
-        _merge(d, self.model, "model")
+        merge_overrides(d, self.model, "model")
         return ModelConfig.from_dict(d)
 
     def schedule_config(self) -> ScheduleConfig:
         d = ScheduleConfig().to_dict()
-        _merge(d, self.schedule, "schedule")
+        merge_overrides(d, self.schedule, "schedule")
         return ScheduleConfig.from_dict(d)
 
     def resolved_cache_dir(self) -> Path:
@@ -127,11 +127,12 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
-def _merge(base: dict, over: dict, where: str) -> None:
+def merge_overrides(base: dict, over: dict | None, where: str) -> None:
+    """Write ``over`` into ``base`` (nested dicts merged); a key ``base`` lacks is an error."""
     for k, v in (over or {}).items():
         if k not in base:
             raise ConfigError(f"{where}.{k}: unknown; known: {sorted(base)}")
         if isinstance(base[k], dict) and isinstance(v, dict):
-            _merge(base[k], v, f"{where}.{k}")
+            merge_overrides(base[k], v, f"{where}.{k}")
         else:
             base[k] = v

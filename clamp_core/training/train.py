@@ -10,6 +10,7 @@ end from random weights as the comparison. Multi-GPU / multi-node through ``torc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ from ..models.config import ModelConfig
 from ..perception.config import ConfigError, PerceptionConfig
 from ..policy.normalize import MinMax
 from ..policy.schedule import NoiseSchedule
-from .config import TrainConfig
+from .config import TrainConfig, merge_overrides
 from .data import (
     WindowDataset,
     attach_views,
@@ -493,10 +494,7 @@ def _schedule_of(ck: dict, overrides: dict | None = None):
     from ..policy.schedule import ScheduleConfig
 
     d = dict(ck["schedule"])
-    unknown = set(overrides or {}) - set(d)
-    if unknown:
-        raise ConfigError(f"schedule: unknown keys {sorted(unknown)}; known: {sorted(d)}")
-    d.update(overrides or {})
+    merge_overrides(d, overrides, "schedule")
     return ScheduleConfig.from_dict(d)
 
 
@@ -507,25 +505,15 @@ POLICY_FIELDS = ("view_tokens", "denoiser")
 def finetune_model_config(pretrained: dict, overrides: dict) -> ModelConfig:
     """The pretrained model's config with ``overrides`` of policy-only fields (view_tokens,
     denoiser.*); an override that would change the encoders is an error naming it."""
-    d = ModelConfig.from_dict(pretrained).to_dict()
-    for k, v in (overrides or {}).items():
-        if k not in d:
-            raise ConfigError(f"model.{k}: unknown; known: {sorted(d)}")
-        if isinstance(d[k], dict) and isinstance(v, dict):
-            merged = {**d[k], **v}
-            if merged != d[k] and k not in POLICY_FIELDS:
-                raise ConfigError(
-                    f"model.{k}: fine-tuning keeps the pretrained encoders, so only "
-                    f"{', '.join(POLICY_FIELDS)} may change (got {v})"
-                )
-            d[k] = merged
-        elif v != d[k]:
-            if k not in POLICY_FIELDS:
-                raise ConfigError(
-                    f"model.{k}: fine-tuning keeps the pretrained encoders, so only "
-                    f"{', '.join(POLICY_FIELDS)} may change ({d[k]!r} -> {v!r})"
-                )
-            d[k] = v
+    base = ModelConfig.from_dict(pretrained).to_dict()
+    d = copy.deepcopy(base)
+    merge_overrides(d, overrides, "model")
+    for k in d:
+        if d[k] != base[k] and k not in POLICY_FIELDS:
+            raise ConfigError(
+                f"model.{k}: fine-tuning keeps the pretrained encoders, so only "
+                f"{', '.join(POLICY_FIELDS)} may change ({base[k]!r} -> {d[k]!r})"
+            )
     return ModelConfig.from_dict(d)
 
 
