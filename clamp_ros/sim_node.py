@@ -401,7 +401,9 @@ class SimNode(Node):
         stamp = ns_to_stamp(self.stamp_ns)
         if self.clock_pub is not None:
             self.clock_pub.publish(ClockMsg(clock=stamp))
-        frame = self.sim.observe(render=render)
+        # a depth-only graph (the shipped model's) skips the lit colour pass and its copy
+        color = render and any(p[0].get_subscription_count() for p in self.camera_pubs.values())
+        frame = self.sim.observe(render=render, color=color)
         for i, s in enumerate(SIDES):
             sl = slice(7 * i, 7 * i + 7)
             pos = frame.qpos[sl].copy()
@@ -438,15 +440,16 @@ class SimNode(Node):
             self.publish_cameras(frame, stamp)
 
     def publish_cameras(self, frame, stamp) -> None:
-        for name, rgb in frame.images.items():
+        for name, depth in frame.depth_m.items():
             header = Header(stamp=stamp, frame_id=optical_frame(name))
             color_pub, depth_pub, info_pub, depth_info_pub = self.camera_pubs[name]
             info = info_from_camera(self.sim.intrinsics[name], header)
             info_pub.publish(info)
             depth_info_pub.publish(info)
-            if color_pub.get_subscription_count():  # a depth-only graph skips the copy
+            rgb = frame.images.get(name)
+            if rgb is not None:
                 color_pub.publish(image_msg(rgb, "rgb8", header))
-            depth_pub.publish(image_msg(encode_depth_mm(frame.depth_m[name]), "16UC1", header))
+            depth_pub.publish(image_msg(encode_depth_mm(depth), "16UC1", header))
         self.frames += 1
 
     # ------------------------------------------------------------------ commands

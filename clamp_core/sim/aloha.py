@@ -301,13 +301,17 @@ class AlohaSim:
         r.update(self.data)
         return r.render(name)
 
-    def observe(self, cameras=None, render: bool | None = None) -> SimFrame:
+    def observe(self, cameras=None, render: bool | None = None, color: bool = True) -> SimFrame:
+        """The state now; with ``render``, every camera's depth (and, with ``color``, RGB: a
+        depth-only frame has no ``images``) and pose."""
         frame = SimFrame(self.time_s, self.qpos14(), self.qvel14(), self.effort14())
         if self.render_enabled if render is None else render:
             r = self._renderer_for()
             r.update(self.data)  # one scene for all cameras: only the viewpoint changes
             for name in cameras or [c.name for c in self.cameras]:
-                frame.images[name], frame.depth_m[name] = r.render(name)
+                rgb, frame.depth_m[name] = r.render(name, color)
+                if rgb is not None:
+                    frame.images[name] = rgb
                 frame.extrinsics[name] = self.camera_pose(name)
         return frame
 

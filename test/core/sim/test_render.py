@@ -43,6 +43,11 @@ def assert_same_rgbd(sim: AlohaSim, expected: dict, cameras=None) -> None:
         assert frame.images[name].dtype == np.uint8 and frame.depth_m[name].dtype == np.float32
         np.testing.assert_array_equal(frame.images[name], rgb, err_msg=name)
         np.testing.assert_array_equal(frame.depth_m[name], depth, err_msg=name)
+    # depth only (a depth-only ROS graph): the depth pass alone gives the same depth, no colour
+    depth_only = sim.observe(cameras=cameras, color=False)
+    assert depth_only.images == {}
+    for name, (_, depth) in expected.items():
+        np.testing.assert_array_equal(depth_only.depth_m[name], depth, err_msg=f"{name} depth-only")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
