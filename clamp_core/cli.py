@@ -66,6 +66,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     es.add_argument("--episodes", type=int, default=20, help="seeds --seed .. --seed+N-1")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--execute-steps", type=int, default=10, help="actions run per chunk")
+    es.add_argument(
+        "--inference-steps", type=int, default=None, help="DDIM steps (default: the model's)"
+    )
     es.add_argument("--width", type=int, default=320)
     es.add_argument("--height", type=int, default=240)
     es.add_argument("--json", action="store_true")
@@ -194,6 +197,7 @@ def cmd_eval_sim(args) -> int:
         args.height,
         args.execute_steps,
         progress=not args.json,
+        inference_steps=args.inference_steps,
     )
     if args.json:
         print(json.dumps(r))

@@ -33,7 +33,8 @@ Subscribes
              arm carries on with what it was doing.
 Services
   ~/reset    std_srvs/Trigger: reset the task with the next seed (seed + 1)
-  ~/success  std_srvs/Trigger: success = the task's success detector; message has the progress
+  ~/success  std_srvs/Trigger: success = the task's detector has held for 0.2 s in a row this
+             episode (never after the simulation diverged); message has the progress
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from clamp_core.geometry.image import encode_depth_mm
 from clamp_core.geometry.transforms import Transform
 from clamp_core.sim.aloha import ARM_JOINTS, CONTROL_DT, SIDES
 from clamp_core.sim.tasks import make_task
+from clamp_core.sim.tasks.base import SuccessMonitor
 
 from .conversions import image_msg, info_from_camera, ns_to_stamp, stamp_to_ns, transform_msg
 from .params import declare
@@ -249,6 +251,7 @@ class SimNode(Node):
         t0 = time.perf_counter()
         self.sim = self.task.make_sim(width=width, height=height, render=True)
         self.task.reset(self.sim, self.seed)
+        self.monitor = SuccessMonitor(self.task)
         self.sim.observe()  # create the renderers now: the first frame would overrun the clock
         lo, hi = self.sim.joint_low, self.sim.joint_high  # 12 arm joints; grippers are 0..1
         self.low = {s: np.append(lo[6 * i : 6 * i + 6], 0.0) for i, s in enumerate(SIDES)}
@@ -397,6 +400,13 @@ class SimNode(Node):
             self.sim.step(action)
         self.ticks += 1
         self.sim_ns += self.tick_ns
+        was_diverged = self.monitor.diverged
+        self.monitor.update(self.sim)
+        if self.monitor.diverged and not was_diverged:
+            self.get_logger().error(
+                f"simulation diverged (MuJoCo reset the state) in episode seed {self.seed}: "
+                "this episode cannot succeed any more; call ~/reset"
+            )
         self.stamp_ns = self._stamp_of(self.ticks)
         stamp = ns_to_stamp(self.stamp_ns)
         if self.clock_pub is not None:
@@ -487,6 +497,7 @@ class SimNode(Node):
         self.seed += 1
         try:
             self.task.reset(self.sim, self.seed)
+            self.monitor.reset()
         except Exception as e:  # never let a service call kill the simulation
             response.success = False
             response.message = f"reset with seed {self.seed} failed: {e}"
@@ -500,10 +511,11 @@ class SimNode(Node):
         return response
 
     def on_success(self, request, response):
-        response.success = bool(self.task.success(self.sim))
+        m = self.monitor
+        response.success = m.done
+        state = "success" if m.done else "diverged" if m.diverged else "not done"
         response.message = (
-            f"task '{self.task.name}' seed {self.seed}: progress {self.task.progress(self.sim)}, "
-            f"{'success' if response.success else 'not done'}"
+            f"task '{self.task.name}' seed {self.seed}: progress {m.progress}, {state}"
         )
         return response
 

@@ -26,14 +26,16 @@ def evaluate(
     camera_every: int = 5,
     progress: bool = True,
     threads: int = 0,
+    inference_steps: int | None = None,
 ) -> dict:
     from tqdm import tqdm
 
     from ..policy.runtime import OnnxPolicy, PolicyObservation
     from ..sim.tasks import make_task
+    from ..sim.tasks.base import SuccessMonitor
     from ..training.data import EpisodeRenderer
 
-    policy = OnnxPolicy(model_dir, threads=threads)
+    policy = OnnxPolicy(model_dir, threads=threads, inference_steps=inference_steps)
     meta = policy.metadata
     renderer = EpisodeRenderer(meta.perception_config())
     calib = None
@@ -41,16 +43,16 @@ def evaluate(
     sim = task.make_sim(width=width, height=height)
     results = []
     cams = [c.name for c in meta.perception_config().cameras]
+    monitor = SuccessMonitor(task)
     for seed in tqdm(list(seeds), desc=f"eval {task_name}", disable=not progress):
         task.reset(sim, seed)
+        monitor.reset()
         history: deque = deque(maxlen=max(meta.action_history, 1))
         chunk, k, views = None, 0, None
-        success_at = None
-        reached = 0
         t0 = time.perf_counter()
         for step in range(task.max_steps):
             if chunk is None or k >= execute_steps:
-                frame = sim.observe(cameras=cams, render=True)
+                frame = sim.observe(cameras=cams, render=True, color=False)
                 if calib is None:
                     from ..data.episode import CameraCalib
 
@@ -72,16 +74,16 @@ def evaluate(
             k += 1
             sim.step(action)
             history.append(action)
-            reached = max(reached, int(task.progress(sim)))
-            if task.success(sim):
-                success_at = step
+            # success must hold a while; a diverged sim (MuJoCo reset its state) ends it
+            if monitor.update(sim) or monitor.diverged:
                 break
         results.append(
             {
                 "seed": int(seed),
-                "success": success_at is not None,
-                "steps": (success_at + 1) if success_at is not None else task.max_steps,
-                "max_progress": reached,
+                "success": monitor.done,
+                "steps": monitor.steps,
+                "max_progress": monitor.progress,
+                "diverged": monitor.diverged,
                 "wall_s": round(time.perf_counter() - t0, 2),
             }
         )
@@ -94,4 +96,5 @@ def evaluate(
         "successes": n_ok,
         "success_rate": n_ok / max(len(results), 1),
         "execute_steps": execute_steps,
+        "inference_steps": policy.schedule.cfg.inference_steps,
     }

@@ -270,6 +270,13 @@ class AlohaSim:
         self.mj.mj_step(self.model, self.data, nstep=self.n_substeps)
         self.time_s += self.n_substeps * self.model.opt.timestep
 
+    @property
+    def diverged(self) -> bool:
+        """MuJoCo hit a non-finite or huge acceleration since ``reset`` (and reset the state
+        itself to carry on): whatever the episode shows from then on is not physics, so
+        nothing after it may count as success."""
+        return bool(self.data.warning[self.mj.mjtWarning.mjWARN_BADQACC].number)
+
     # ------------------------------------------------------------------ geometry
     def body_pose(self, name: str) -> np.ndarray:
         """(4, 4) T_base_body."""

@@ -87,6 +87,8 @@ def _rollout(task, sim, seed: int, record=None) -> tuple[bool, int]:
         if record is not None:
             record(step, sim.observe(render=True), action)
         sim.step(action)
+        if sim.diverged:
+            return False, step + 1
         if done_at is None and task.success(sim):
             done_at = step
         if done_at is not None and step - done_at >= HOLD_AFTER_SUCCESS:

@@ -55,6 +55,43 @@ class Task(ABC):
         sim.mj.mj_forward(sim.model, sim.data)
 
 
+SUCCESS_HOLD_STEPS = 10
+"""Control steps (0.2 s at 50 Hz) the success detector must hold before an episode counts as a
+success: an object knocked into the air can touch the right fingers for an instant."""
+
+
+class SuccessMonitor:
+    """Success that lasts: call ``update`` once per control step; ``done`` once the task's
+    detector has held for ``hold_steps`` steps in a row (and stays done until ``reset``). A
+    diverged simulation (``AlohaSim.diverged``) never succeeds."""
+
+    def __init__(self, task: Task, hold_steps: int = SUCCESS_HOLD_STEPS):
+        if hold_steps < 1:
+            raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
+        self.task, self.hold_steps = task, int(hold_steps)
+        self.reset()
+
+    def reset(self) -> None:
+        self.run, self.steps, self.done_at, self.progress = 0, 0, None, 0
+        self.diverged = False
+
+    @property
+    def done(self) -> bool:
+        return self.done_at is not None
+
+    def update(self, sim: AlohaSim) -> bool:
+        """Judge the state after one more control step; returns ``done``."""
+        self.steps += 1
+        self.diverged = self.diverged or sim.diverged
+        if self.done or self.diverged:
+            return self.done
+        self.progress = max(self.progress, int(self.task.progress(sim)))
+        self.run = self.run + 1 if self.task.success(sim) else 0
+        if self.run >= self.hold_steps:
+            self.done_at = self.steps
+        return self.done
+
+
 def set_free_body(sim: AlohaSim, body: str, xyz_base, yaw: float = 0.0) -> None:
     """Place a free-jointed body at ``xyz_base`` (base frame) turned by ``yaw`` about z."""
     jid = sim.model.body(body).jntadr[0]

@@ -83,3 +83,55 @@ def test_objects_come_to_rest_on_the_table():
     after = task.object_positions(sim)[0]
     np.testing.assert_allclose(after, before, atol=1e-3)
     assert after[2] == pytest.approx(0.016, abs=1e-3)
+
+
+def test_success_must_hold_and_never_follows_a_divergence():
+    """A detector that fires for an instant (an object knocked into the fingers) is not a
+    success; one that holds SUCCESS_HOLD_STEPS steps is, from that step on; a sim that
+    diverged never succeeds, and reset starts over."""
+    from types import SimpleNamespace
+
+    from clamp_core.sim.tasks.base import SUCCESS_HOLD_STEPS, SuccessMonitor
+
+    detector = SimpleNamespace(ok=False, stage=0)
+    task = SimpleNamespace(success=lambda sim: detector.ok, progress=lambda sim: detector.stage)
+    sim = SimpleNamespace(diverged=False)
+    m = SuccessMonitor(task)
+    pattern = [False, True, True, False] + [True] * SUCCESS_HOLD_STEPS + [False]
+    done = []
+    for ok in pattern:
+        detector.ok, detector.stage = ok, 3 if ok else 1
+        done.append(m.update(sim))
+    first = pattern.index(True, 4)  # the run that lasts
+    assert done == [False] * (first + SUCCESS_HOLD_STEPS - 1) + [True, True]
+    assert m.done_at == first + SUCCESS_HOLD_STEPS and m.progress == 3
+
+    m.reset()
+    assert not m.done and m.steps == 0 and m.progress == 0
+    detector.ok = True
+    for k in range(3 * SUCCESS_HOLD_STEPS):
+        sim.diverged = k == 2  # MuJoCo's warning counter survives until the next reset
+        assert m.update(sim) is False
+    assert m.diverged and not m.done
+    with pytest.raises(ValueError):
+        SuccessMonitor(task, hold_steps=0)
+
+
+def test_a_diverged_simulation_is_reported():
+    """Joint targets that jump from limit to limit every step blow MuJoCo's accelerations up;
+    the sim says so (it would otherwise carry on from a state MuJoCo reset itself)."""
+    task = make_task("transfer_cube")
+    sim = task.make_sim(render=False)
+    try:
+        task.reset(sim, 0)
+        assert not sim.diverged
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            sim.step(START_POSE + rng.choice([-3.0, 3.0], 14))  # clipped to the joint limits
+            if sim.diverged:
+                break
+        assert sim.diverged
+        task.reset(sim, 0)
+        assert not sim.diverged
+    finally:
+        sim.close()

@@ -461,7 +461,10 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
         execute_steps=25,
         progress=False,
         threads=1,
+        inference_steps=2,
     )
+    assert r["inference_steps"] == 2  # the override reaches the runtime's schedule
     (ep,) = r["episodes"]
     assert ep["seed"] == 3 and isinstance(ep["success"], bool)
-    assert 1 <= ep["steps"] <= 400 and r["successes"] == int(ep["success"])
+    assert 1 <= ep["steps"] <= 600 and r["successes"] == int(ep["success"])
+    assert isinstance(ep["diverged"], bool)
