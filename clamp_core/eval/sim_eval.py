@@ -64,8 +64,8 @@ def evaluate(
                 }
                 views = renderer.render_frame(rec, calib).images
                 qpos = frame.qpos
-                hist = list(history) or [qpos]
-                hist = [hist[0]] * (meta.action_history - len(hist)) + hist
+                hist = list(history)  # padded with the measured position, as the node does
+                hist = [qpos] * (meta.action_history - len(hist)) + hist
                 obs = PolicyObservation(
                     step * 20_000_000, views, qpos, np.array(hist[-meta.action_history :])
                 )

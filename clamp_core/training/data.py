@@ -213,6 +213,9 @@ class WindowDataset:
         self._act = [
             norm["action"].normalize(e.lowdim["action"].astype(np.float32)) for e in episodes
         ]
+        self._qpos_as_action = [
+            norm["action"].normalize(e.lowdim["qpos"].astype(np.float32)) for e in episodes
+        ]
 
         self.features: dict[str, np.ndarray] | None = None
 
@@ -220,8 +223,15 @@ class WindowDataset:
         return len(self.index)
 
     def _history(self, ei: int, t: int) -> np.ndarray:
-        idx = np.clip(np.arange(t - self.history, t), 0, self.episodes[ei].num_frames - 1)
-        return self._act[ei][idx]
+        """Actions t-H .. t-1; before the episode's start, the measured position at t, as the
+        policy node fills what it has not commanded yet (padding with the first action instead
+        would tell the model what the demonstrator did first: which arm, for one)."""
+        idx = np.arange(t - self.history, t)
+        out = self._act[ei][np.clip(idx, 0, self.episodes[ei].num_frames - 1)]
+        before = idx < 0
+        if before.any():
+            out[before] = self._qpos_as_action[ei][t]
+        return out
 
     def item_inputs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The encoders' inputs of window ``i``: views (V, S, S, 4), action history (H, A)."""

@@ -112,13 +112,15 @@ def test_windows_are_normalised_and_aligned(toy_data, cache_dir):
     norm = compute_norm_stats(eps)
     ds = WindowDataset(eps, norm, history=4, horizon=10, stride=2)
     assert len(ds) == 12 * 12
-    for i in (0, 3, len(ds) - 1):
+    for i in (0, 1, 3, len(ds) - 1):
         item = ds[i]
         ei, k = ds.index[i]
         t = int(k) * 2
         act = eps[ei].lowdim["action"]
         T = len(act)
-        want_hist = act[np.clip(np.arange(t - 4, t), 0, T - 1)]
+        # before the start: the measured position at t (what the policy node fills in)
+        idx = np.arange(t - 4, t)
+        want_hist = np.where((idx < 0)[:, None], eps[ei].lowdim["qpos"][t], act[idx.clip(0)])
         np.testing.assert_allclose(
             norm["action"].unnormalize(item["action_history"]), want_hist, atol=1e-5
         )
