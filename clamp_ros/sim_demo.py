@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
         default=20.0,
         help="sim seconds per episode before it counts as a failure",
     )
+    p.add_argument(
+        "--inference-steps", type=int, default=0, help="DDIM steps (0: the model's own)"
+    )
     p.add_argument("--camera-size", default="320x240", help="sim camera WxH")
     p.add_argument("--out", default="demo_out", help="folder for logs and the summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -133,7 +136,11 @@ def run_closed_loop(
         "height": h,
         **(extra_sim or {}),
     }
-    policy_params = {"model": args.model, **(extra_policy or {})}
+    policy_params = {
+        "model": args.model,
+        "inference_steps": int(getattr(args, "inference_steps", 0) or 0),
+        **(extra_policy or {}),
+    }
     say(
         f"demo: sim '{args.task}' + policy '{args.model}' as ROS 2 processes "
         f"(ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, logs in {out / 'logs'})"
@@ -301,6 +308,9 @@ def run_bench_e2e(args) -> int:
             "episodes": len(summary["episodes"]),
             "successes": summary["successes"],
             "inference_rate_hz": num("inference rate_hz"),
+            "inference_steps": args.inference_steps or "the model's",
+            "executor": os.environ.get("CLAMP_EXECUTOR") or "events",
+            "gil_switch_ms": float(os.environ.get("CLAMP_GIL_SWITCH_MS") or 5.0),
             "cpu_count": os.cpu_count(),
             "split_definition": (
                 "sync: image stamp -> synchronised set ready in the node (transport + sync + "
