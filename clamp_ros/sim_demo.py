@@ -20,12 +20,12 @@ from .graph import GRAPHS, ProcessGroup
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--task", default="mug_on_plate", help="sim task (clamp generate --list)")
+    p.add_argument("--task", default="drawer_open", help="sim task (clamp generate --list)")
     p.add_argument("--episodes", type=int, default=5, help="closed-loop episodes (seeds)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument(
         "--model",
-        default="mug_on_plate",
+        default="drawer_open",
         help="model directory or the name of a shipped model (models/NAME)",
     )
     p.add_argument(

@@ -1,7 +1,7 @@
 """The closed-loop demo: the simulated ALOHA (MuJoCo sim node) driven by the policy node with the
 shipped model, over ROS 2.
 
-    ros2 launch clamp_ros sim_demo.launch.py [task:=mug_on_plate] [seed:=0] [model:=NAME|PATH]
+    ros2 launch clamp_ros sim_demo.launch.py [task:=drawer_open] [seed:=0] [model:=NAME|PATH]
 
 Node set: clamp_ros.graph.GRAPHS["sim_demo"] (`clamp demo` starts the same executables with the
 same parameter file where `ros2 launch` is not installed); simulated time from the sim's /clock.
@@ -34,9 +34,9 @@ def generate_launch_description():
     ]
     return LaunchDescription(
         [
-            DeclareLaunchArgument("task", default_value="mug_on_plate"),
+            DeclareLaunchArgument("task", default_value="drawer_open"),
             DeclareLaunchArgument("seed", default_value="0"),
-            DeclareLaunchArgument("model", default_value="mug_on_plate"),
+            DeclareLaunchArgument("model", default_value="drawer_open"),
             DeclareLaunchArgument("namespace", default_value=""),
             *nodes,
         ]
