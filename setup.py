@@ -17,7 +17,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         # shipped models: models/<name>/{metadata.json, *.onnx}
         *[(f"share/{PACKAGE}/{d.rstrip('/')}", glob(f"{d}*")) for d in sorted(glob("models/*/"))],
     ],

@@ -24,8 +24,14 @@ from .graph import GRAPHS, ProcessGroup, share_dir
 
 
 def demo_env() -> dict:
-    """ROS settings a laptop or a shared CI machine needs; the user's own values win."""
+    """ROS settings a laptop or a shared CI machine needs; the user's own values win. Fast DDS
+    gets the package's profile (config/fastdds.xml: big shared-memory segments, 50 ms
+    heartbeats) unless one is set already."""
+    profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or str(
+        share_dir() / "config" / "fastdds.xml"
+    )
     env = {
+        "FASTDDS_DEFAULT_PROFILES_FILE": profile,
         "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(1, 100))),
         "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get(
             "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"

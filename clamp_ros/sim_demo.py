@@ -34,9 +34,7 @@ def add_arguments(p) -> None:
         default=20.0,
         help="sim seconds per episode before it counts as a failure",
     )
-    p.add_argument(
-        "--inference-steps", type=int, default=0, help="DDIM steps (0: the model's own)"
-    )
+    p.add_argument("--inference-steps", type=int, default=0, help="DDIM steps (0: the model's own)")
     p.add_argument("--camera-size", default="320x240", help="sim camera WxH")
     p.add_argument("--out", default="demo_out", help="folder for logs and the summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -310,6 +308,7 @@ def run_bench_e2e(args) -> int:
             "inference_rate_hz": num("inference rate_hz"),
             "inference_steps": args.inference_steps or "the model's",
             "executor": os.environ.get("CLAMP_EXECUTOR") or "events",
+            "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"),
             "gil_switch_ms": float(os.environ.get("CLAMP_GIL_SWITCH_MS") or 5.0),
             "cpu_count": os.cpu_count(),
             "split_definition": (

@@ -567,3 +567,9 @@ def test_bench_e2e_json_reports_latency_and_its_split(ros_domain_id, tmp_path):
         assert res["split"]["sync"][sub]["p50"] is not None, res
     assert res["config"]["episodes"] == 1
     assert (tmp_path / "bench" / "summary.json").is_file()
+    # both nodes ran on the package's Fast DDS profile (a bad file is only logged, then ignored)
+    assert Path(res["config"]["fastdds_profile"]).name == "fastdds.xml", res["config"]
+    logs = {f.name: f.read_text() for f in (tmp_path / "bench" / "logs").glob("*.log")}
+    assert {"sim.log", "policy.log"} <= set(logs), sorted(logs)
+    for name, text in logs.items():
+        assert "XMLPARSER" not in text and "profiles file" not in text.lower(), (name, text[-2000:])
