@@ -67,6 +67,11 @@ class TrainConfig:
     stored outputs (same result, several times faster; off: encode every batch)."""
     from_scratch: bool = False
     """Baseline: random init, encoders trained end to end by the diffusion loss only."""
+    history_dropout: float = 0.0
+    """Probability that a training window's action history is replaced by what the policy node
+    has before it has commanded anything (the measured position, repeated): the policy then has
+    to decide from the views, not by carrying on with the history (copycat). Training windows
+    only; validation keeps the true history."""
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
@@ -85,6 +90,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.history_dropout <= 1.0:
+            raise ConfigError(f"history_dropout must be in [0, 1], got {self.history_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.from_scratch and self.init_from:

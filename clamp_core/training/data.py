@@ -218,6 +218,8 @@ class WindowDataset:
         ]
 
         self.features: dict[str, np.ndarray] | None = None
+        self.history_dropout = 0.0
+        """Probability of the start-of-episode history in place of the true one (training)."""
 
     def __len__(self) -> int:
         return len(self.index)
@@ -232,6 +234,20 @@ class WindowDataset:
         if before.any():
             out[before] = self._qpos_as_action[ei][t]
         return out
+
+    def start_history(self, i: int) -> np.ndarray:
+        """(H, A) what the policy node feeds before it has commanded anything: the measured
+        position at the window's frame, repeated (normalised as actions)."""
+        ei, k = self.index[i]
+        return np.tile(self._qpos_as_action[ei][int(k) * self.stride], (self.history, 1))
+
+    def _drop_history(self) -> bool:
+        # torch's generator: DataLoader workers get distinct seeds for it, not for numpy's
+        if self.history_dropout <= 0:
+            return False
+        import torch
+
+        return float(torch.rand(())) < self.history_dropout
 
     def item_inputs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The encoders' inputs of window ``i``: views (V, S, S, 4), action history (H, A)."""
@@ -256,15 +272,18 @@ class WindowDataset:
         T = e.num_frames
         act = self._act[ei]
         fut = np.arange(t, t + self.horizon)
+        dropped = self._drop_history()
         item = {
             "qpos": self._qpos[ei][t],
-            "action_history": self._history(int(ei), t),
+            "action_history": self.start_history(i) if dropped else self._history(int(ei), t),
             "actions": act[np.clip(fut, 0, T - 1)],
             "actions_is_pad": fut >= T,
             "task_index": np.int64(self.tasks.index(e.task) if e.task in self.tasks else -1),
         }
         if self.features is not None:
-            item.update({name: f[i] for name, f in self.features.items()})
+            item.update({name: f[i] for name, f in self.features.items() if name != "act_start"})
+            if dropped:
+                item["act"] = self.features["act_start"][i]
             return item
         item["views"] = np.asarray(e.views[k], np.float32)
         if self.text_cfg is not None:

@@ -321,6 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
     contrastive = (
         cfg.contrastive and not cfg.from_scratch and not (finetune and cfg.freeze_encoders)
     )
+    data.train.history_dropout = cfg.history_dropout  # validation keeps the true history
     if finetune and cfg.freeze_encoders and cfg.cache_features and model.rgb is None:
         # frozen encoders make their outputs constants of each window: compute them once
         for name in ("train", "val"):
@@ -541,6 +542,8 @@ def encoded_windows(model: ClampModel, data: WindowDataset, device, progress: bo
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {"cls": [], "per_view": [], "act": []}
+    if data.history_dropout > 0:  # also the start-of-episode history's embedding, to swap in
+        out["act_start"] = []
     batch = 64
     for s in tqdm(range(0, len(data), batch), desc="encode windows", disable=not progress):
         idx = range(s, min(s + batch, len(data)))
@@ -550,6 +553,9 @@ def encoded_windows(model: ClampModel, data: WindowDataset, device, progress: bo
         cls, per_view, act = model.encode(views, hist)
         for k, v in zip(("cls", "per_view", "act"), (cls, per_view, act), strict=True):
             out[k].append(v.float().cpu().numpy())
+        if "act_start" in out:
+            start = torch.from_numpy(np.stack([data.start_history(i) for i in idx])).to(device)
+            out["act_start"].append(model.action(start).float().cpu().numpy())
     model.train(was_training)
     return data.with_features({k: np.concatenate(v) for k, v in out.items()})
 

@@ -249,6 +249,13 @@ def test_cached_encoder_features_give_the_same_loss(pretrained, toy_data, cache_
             return float(model.losses(batch, alphas, contrastive=False)["loss_diffusion"])
 
     assert loss(feats) == pytest.approx(loss(data.train), rel=1e-5)
+    # history dropout: the stored start-of-episode embedding gives the same loss as encoding
+    # the start-of-episode history itself
+    data.train.history_dropout = 1.0
+    dropped = encoded_windows(model, data.train, torch.device("cpu"), progress=False)
+    assert loss(dropped) == pytest.approx(loss(data.train), rel=1e-5)
+    late = len(feats) - 1  # a window whose true history is made of actions
+    assert not np.allclose(dropped[late]["act"], feats[late]["act"], atol=1e-4)
     with pytest.raises(ValueError, match="features for"):
         data.train.with_features({"cls": np.zeros((1, 4))})
 
@@ -470,3 +477,37 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     assert ep["seed"] == 3 and isinstance(ep["success"], bool)
     assert 1 <= ep["steps"] <= 600 and r["successes"] == int(ep["success"])
     assert isinstance(ep["diverged"], bool)
+
+
+def test_history_dropout_swaps_in_the_start_of_episode_history(toy_data, cache_dir):
+    """history_dropout=1: every window gets what the policy node feeds before it has commanded
+    anything (the measured position at t, repeated), as inputs and as cached features; 0: the
+    true history."""
+    eps = load_episodes(toy_data)
+    cfg = perception_for_episodes(["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"], 48)
+    attach_views(eps, cfg, 2, cache_dir, progress=False)
+    norm = compute_norm_stats(eps)
+    ds = WindowDataset(eps, norm, history=4, horizon=10, stride=2)
+    i = len(ds) - 1  # late in an episode: the true history is made of actions
+    ei, k = ds.index[i]
+    t = int(k) * 2
+    true = norm["action"].unnormalize(ds[i]["action_history"])
+    np.testing.assert_allclose(true, eps[ei].lowdim["action"][t - 4 : t], atol=1e-5)
+    ds.history_dropout = 1.0
+    start = norm["action"].unnormalize(ds[i]["action_history"])
+    np.testing.assert_allclose(start, np.tile(eps[ei].lowdim["qpos"][t], (4, 1)), atol=1e-5)
+    assert not np.allclose(start, true, atol=1e-3)
+    n = len(ds)
+    feats = {
+        "cls": np.zeros((n, 3), np.float32),
+        "per_view": np.zeros((n, 5, 3), np.float32),
+        "act": np.zeros((n, 3), np.float32),
+        "act_start": np.ones((n, 3), np.float32),
+    }
+    cached = ds.with_features(feats)
+    item = cached[i]
+    assert "act_start" not in item and np.all(item["act"] == 1.0)
+    cached.history_dropout = 0.0
+    assert np.all(cached[i]["act"] == 0.0)
+    with pytest.raises(ConfigError):
+        TrainConfig(data=["x"], history_dropout=1.5)
