@@ -136,7 +136,7 @@ def run_closed_loop(
     }
     policy_params = {
         "model": args.model,
-        "inference_steps": int(getattr(args, "inference_steps", 0) or 0),
+        "inference_steps": args.inference_steps,
         **(extra_policy or {}),
     }
     say(
@@ -309,7 +309,6 @@ def run_bench_e2e(args) -> int:
             "inference_steps": args.inference_steps or "the model's",
             "executor": os.environ.get("CLAMP_EXECUTOR") or "events",
             "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"),
-            "gil_switch_ms": float(os.environ.get("CLAMP_GIL_SWITCH_MS") or 5.0),
             "cpu_count": os.cpu_count(),
             "split_definition": (
                 "sync: image stamp -> synchronised set ready in the node (transport + sync + "

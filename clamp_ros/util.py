@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -132,14 +131,6 @@ def spin(executor) -> None:
         executor.spin_once(timeout_sec=0.1)
 
 
-def tune_interpreter() -> None:
-    """``CLAMP_GIL_SWITCH_MS``: the interpreter's thread switch interval (Python's default is
-    5 ms: a worker thread that wants the GIL back from the executor thread waits that long)."""
-    ms = os.environ.get("CLAMP_GIL_SWITCH_MS")
-    if ms:
-        sys.setswitchinterval(float(ms) * 1e-3)
-
-
 def run_node(make_node: Callable, args=None, name: str = "node") -> None:
     """The body of every node executable: init, build the node, spin until Ctrl-C or shutdown,
     then tear down in the order that never hangs. A ValueError while building the node (a bad
@@ -147,7 +138,6 @@ def run_node(make_node: Callable, args=None, name: str = "node") -> None:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    tune_interpreter()
     rclpy.init(args=args)
     node = None
     executor = make_executor()
