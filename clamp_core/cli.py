@@ -65,7 +65,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     es.add_argument("--task", required=True, help="task id (clamp generate --list)")
     es.add_argument("--episodes", type=int, default=20, help="seeds --seed .. --seed+N-1")
     es.add_argument("--seed", type=int, default=0)
-    es.add_argument("--execute-steps", type=int, default=10, help="actions run per chunk")
+    es.add_argument(
+        "--mode",
+        choices=["receding_horizon", "temporal_ensembling", "async"],
+        default="async",
+        help="chunk execution mode, as the policy node's execution.mode (default: async, as "
+        "in the demo and robot configs)",
+    )
+    es.add_argument(
+        "--execute-steps", type=int, default=None, help="receding_horizon: actions run per chunk"
+    )
+    es.add_argument(
+        "--replan-remaining-steps",
+        type=int,
+        default=None,
+        help="async: infer when fewer steps than this are left of the chunk",
+    )
+    es.add_argument(
+        "--blend-steps", type=int, default=None, help="async: crossfade steps into a new chunk"
+    )
+    es.add_argument(
+        "--latency-steps",
+        type=int,
+        default=0,
+        help="control steps from an observation to its chunk (the deployment's latency)",
+    )
+    es.add_argument(
+        "--camera-every", type=int, default=1, help="control steps between camera frames"
+    )
+    es.add_argument("--no-safety", action="store_true", help="skip the policy node's safety filter")
     es.add_argument(
         "--inference-steps", type=int, default=None, help="DDIM steps (default: the model's)"
     )
@@ -188,16 +216,32 @@ def cmd_bench_sim(args) -> int:
 
 def cmd_eval_sim(args) -> int:
     from .eval.sim_eval import evaluate
+    from .policy.execution import ExecutionConfig
 
+    fields = {
+        "execute_steps": args.execute_steps,
+        "replan_remaining_steps": args.replan_remaining_steps,
+        "blend_steps": args.blend_steps,
+    }
+    try:
+        execution = ExecutionConfig(
+            mode=args.mode, **{k: v for k, v in fields.items() if v is not None}
+        )
+    except ValueError as e:
+        print(f"clamp eval sim: {e}", file=sys.stderr)
+        return 2
     r = evaluate(
         args.model,
         args.task,
         range(args.seed, args.seed + args.episodes),
         args.width,
         args.height,
-        args.execute_steps,
+        execution,
         progress=not args.json,
         inference_steps=args.inference_steps,
+        safety=not args.no_safety,
+        latency_steps=args.latency_steps,
+        camera_every=args.camera_every,
     )
     if args.json:
         print(json.dumps(r))

@@ -182,6 +182,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.qpos_arm_rx = {arm: None for arm in self.arms}
         self.history: collections.deque = collections.deque(maxlen=500)
         self.last_obs_stamp: int | None = None
+        # plans come only from observations stamped at or after the last (re)start: activate,
+        # enable, a clock reset (the scene before it, e.g. the previous episode, is gone)
+        self.plan_after_ns = 0
         # monotonic time of the newest complete observation (images + tf poses, or views)
         self.last_view_rx: float | None = None
         self.tf_wait_ms: float | None = None
@@ -190,6 +193,8 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.last_suppression = ""
         self.holding = False
         self.commanded_until_ns = 0
+        # the last plan sent (times (K,), positions (K, 14)): what the controller follows
+        self.last_plan: tuple[np.ndarray, np.ndarray] | None = None
         self.stats = {
             k: LatencyStats()
             for k in (
@@ -238,6 +243,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "gripper_max",
             "max_input_age_s",
             "max_chunk_age_s",
+            "tracking_lag_s",
         ):
             v = getattr(base, name)
             v = [float(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
@@ -311,10 +317,17 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    def _restart(self, since_ns: int) -> None:
+        """Forget every chunk and the action history (call with the lock held); observations
+        stamped before ``since_ns`` and inferences already running on them are dropped."""
+        self.executor_.reset()
+        self.history.clear()
+        self.plan_after_ns = since_ns
+        self.last_plan = None  # the next command starts from the measured state
+
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         with self.lock:
-            self.executor_.reset()
-            self.history.clear()
+            self._restart(self._now())
             self.active = True
             self.holding = False
         self.get_logger().info("active: inference running")
@@ -346,8 +359,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self._hold("disabled")
         elif not was:
             with self.lock:  # a fresh start: nothing planned before the pause is replayed
-                self.executor_.reset()
-                self.history.clear()
+                self._restart(self._now())
                 self.holding = False
         response.success = True
         response.message = "commands enabled" if self.enabled else "commands disabled"
@@ -417,7 +429,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         stamp = synced.stamp_ns
         self.last_view_rx = time.monotonic()  # a complete set with its camera poses (tf)
         self._time_check(stamp)
-        if not self.executor_.needs_inference(start_ns):
+        if self._before_restart(stamp) or not self.executor_.needs_inference(start_ns):
             return
         qpos, q_ns = self._measured()
         if qpos is None:
@@ -432,9 +444,13 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         ):
             self.warn("reset", "observation time jumped backwards: dropping chunks and history")
             with self.lock:
-                self.executor_.reset()
-                self.history.clear()
+                self._restart(stamp)
         self.last_obs_stamp = stamp
+
+    def _before_restart(self, stamp: int) -> bool:
+        """The observation predates the last (re)start: never plan from it."""
+        with self.lock:
+            return stamp < self.plan_after_ns
 
     def _infer(self, policy, stamp, views, qpos, start_ns: int, t1: float) -> None:
         """Views (V, H, W, 4) at ``stamp`` -> chunk -> executor -> (trajectory) commands."""
@@ -452,6 +468,8 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             return self._suppress("bad_inference", f"no command from this observation: {e}")
         t3 = time.perf_counter()
         with self.lock:
+            if stamp < self.plan_after_ns:  # (re)started while this inference ran
+                return
             self.executor_.add_chunk(chunk, now_ns=self._now())
         self.inference_rate.tick()
         published = False
@@ -529,7 +547,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             return
         self.last_view_rx = time.monotonic()
         self._time_check(synced.stamp_ns)
-        if not self.executor_.needs_inference(start_ns):
+        if self._before_restart(synced.stamp_ns) or not self.executor_.needs_inference(start_ns):
             return
         qpos, _ = self._measured()
         if qpos is None:
@@ -581,6 +599,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self._inputs(),
             now,
             enabled=self.enabled,
+            previous=self._previous_command(int(times[0])),
         )
         if res.suppressed:
             self._suppress(res.suppressed.split(" ")[0], res.suppressed)
@@ -591,6 +610,24 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.clipped[k] += int(n)
         self.holding = False
         return res.positions
+
+    def _previous_command(self, t: int) -> np.ndarray | None:
+        """The last plan sent, at time ``t`` (linear between its points, as JTC runs it; its
+        last point once it has ended); None when nothing was sent or it ended over
+        max_input_age_s ago (the arm may have been moved since)."""
+        plan = self.last_plan
+        if plan is None:
+            return None
+        times, pos = plan
+        if t - int(times[-1]) > self.safety_cfg.max_input_age_s * 1e9:
+            return None
+        i = int(np.searchsorted(times, t, side="right"))
+        if i == 0:
+            return pos[0]
+        if i >= len(times):
+            return pos[-1]
+        w = (t - int(times[i - 1])) / (int(times[i]) - int(times[i - 1]))
+        return pos[i - 1] + w * (pos[i] - pos[i - 1])
 
     def _publish_trajectory(self, now: int) -> bool:
         with self.lock:
@@ -619,6 +656,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 msg.points.append(p)
             self.pubs[arm].publish(msg)
         self.commanded_until_ns = int(times[-1])
+        self.last_plan = (np.asarray(times, np.int64), np.asarray(positions, np.float64))
         self.command_rate.tick()
 
     def _send_interbotix(self, q: np.ndarray) -> None:
@@ -635,6 +673,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self.pubs[arm][1].publish(
                     single_cls(name="gripper", cmd=float(off + scale * q[idx["gripper"]]))
                 )
+        self.last_plan = (np.array([self._now()], np.int64), np.array(q, np.float64)[None])
         self.command_rate.tick()
 
     def _hold(self, reason: str, fallback: np.ndarray | None = None) -> None:

@@ -2,8 +2,11 @@
 
 The same pieces as the robot: cameras rendered by the sim, views by the perception pipeline from
 depth + extrinsics (``EpisodeRenderer``, the training-time path), the ONNX Runtime policy and
-the chunk executor in receding-horizon mode. Zero transport latency and no clock: it measures
-the model, while `clamp demo` measures the model plus the ROS 2 deployment.
+the policy node's chunk executor (``ChunkExecutor``, any execution mode; by default the one the
+demo and robot configs use) and its safety filter (the ALOHA limits, every command limited from
+the previous one and against the measured state). By default inference takes no simulated time
+and there is no transport (``latency_steps`` and ``camera_every`` model them): it measures the
+model, while `clamp demo` measures the model plus the ROS 2 deployment.
 """
 
 from __future__ import annotations
@@ -22,15 +25,27 @@ def evaluate(
     seeds,
     width: int = 320,
     height: int = 240,
-    execute_steps: int = 10,
-    camera_every: int = 5,
+    execution=None,
     progress: bool = True,
     threads: int = 0,
     inference_steps: int | None = None,
+    safety: bool = True,
+    latency_steps: int = 0,
+    camera_every: int = 1,
 ) -> dict:
+    """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``, as in
+    config/aloha_bimanual.yaml and the demo); ``safety``: run the node's safety filter
+    (``aloha_defaults``) on every command (False: the policy's commands as they are);
+    ``latency_steps``: control steps from an observation to its chunk's arrival (the
+    deployment's stamp-to-command latency; 0: inference takes no simulated time);
+    ``camera_every``: control steps between camera frames (observations only on those)."""
+    import dataclasses
+
     from tqdm import tqdm
 
+    from ..policy.execution import ChunkExecutor, ExecutionConfig
     from ..policy.runtime import OnnxPolicy, PolicyObservation
+    from ..policy.safety import SafetyFilter, aloha_defaults
     from ..sim.tasks import make_task
     from ..sim.tasks.base import SuccessMonitor
     from ..training.data import EpisodeRenderer
@@ -44,21 +59,36 @@ def evaluate(
     results = []
     cams = [c.name for c in meta.perception_config().cameras]
     monitor = SuccessMonitor(task)
+    if latency_steps < 0 or camera_every < 1:
+        raise ValueError(
+            f"latency_steps must be >= 0 and camera_every >= 1, got {latency_steps}, {camera_every}"
+        )
+    exec_cfg = execution if execution is not None else ExecutionConfig(mode="async")
+    executor = ChunkExecutor(exec_cfg, meta.joint_names)
+    dt_ns = round(1e9 / meta.control_rate_hz)
+    filt = SafetyFilter(
+        aloha_defaults(joint_names=list(meta.joint_names), control_period_s=dt_ns * 1e-9)
+    )
+    clipped: dict[str, int] = {}
     for seed in tqdm(list(seeds), desc=f"eval {task_name}", disable=not progress):
         task.reset(sim, seed)
         monitor.reset()
+        executor.reset()
         history: deque = deque(maxlen=max(meta.action_history, 1))
-        chunk, k, views = None, 0, None
-        t0 = time.perf_counter()
+        t0, inferences, previous, pending = time.perf_counter(), 0, None, None
         for step in range(task.max_steps):
-            if chunk is None or k >= execute_steps:
+            now = step * dt_ns
+            if pending is not None and step >= pending[0]:
+                executor.add_chunk(pending[1], now_ns=now)
+                pending = None
+            if pending is None and step % camera_every == 0 and executor.needs_inference(now):
                 frame = sim.observe(cameras=cams, render=True, color=False)
                 if calib is None:
                     from ..data.episode import CameraCalib
 
                     calib = {c: CameraCalib.from_pinhole(c, sim.intrinsics[c]) for c in cams}
                 rec = {
-                    "stamp_ns": step * 20_000_000,
+                    "stamp_ns": now,
                     "extrinsics": frame.extrinsics,
                     "depth_mm": {c: encode_depth_mm(frame.depth_m[c]) for c in cams},
                 }
@@ -66,14 +96,32 @@ def evaluate(
                 qpos = frame.qpos
                 hist = list(history)  # padded with the measured position, as the node does
                 hist = [qpos] * (meta.action_history - len(hist)) + hist
-                obs = PolicyObservation(
-                    step * 20_000_000, views, qpos, np.array(hist[-meta.action_history :])
+                obs = PolicyObservation(now, views, qpos, np.array(hist[-meta.action_history :]))
+                chunk = policy.predict(obs)
+                inferences += 1
+                if latency_steps > 0:
+                    pending = (step + latency_steps, chunk)
+                else:
+                    executor.add_chunk(chunk, now_ns=now)
+            action = executor.command_at(now)
+            if action is None:  # nothing planned (yet): hold, as the node does
+                action = sim.qpos14() if previous is None else previous
+            history.append(action)  # what the policy asked for, as the node records it
+            if safety:  # as the node: from the previous command, against the measured state
+                res = filt.filter(
+                    np.array([now]),
+                    action[None],
+                    sim.qpos14(),
+                    now,
+                    {},
+                    now,
+                    True,
+                    previous=previous,
                 )
-                chunk, k = policy.predict(obs), 0
-            action = chunk.actions[k]
-            k += 1
+                action = previous = res.positions[0]
+                for k, n in res.clipped.items():
+                    clipped[k] = clipped.get(k, 0) + n
             sim.step(action)
-            history.append(action)
             # success must hold a while; a diverged sim (MuJoCo reset its state) ends it
             if monitor.update(sim) or monitor.diverged:
                 break
@@ -84,6 +132,7 @@ def evaluate(
                 "steps": monitor.steps,
                 "max_progress": monitor.progress,
                 "diverged": monitor.diverged,
+                "inferences": inferences,
                 "wall_s": round(time.perf_counter() - t0, 2),
             }
         )
@@ -95,6 +144,10 @@ def evaluate(
         "episodes": results,
         "successes": n_ok,
         "success_rate": n_ok / max(len(results), 1),
-        "execute_steps": execute_steps,
+        "execution": dataclasses.asdict(exec_cfg),
+        "safety": safety,
+        "latency_steps": latency_steps,
+        "camera_every": camera_every,
+        "clipped": clipped,
         "inference_steps": policy.schedule.cfg.inference_steps,
     }

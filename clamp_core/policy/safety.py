@@ -1,10 +1,12 @@
 """The always-on safety filter between chunk execution and the robot.
 
 Every trajectory the policy node sends passes ``SafetyFilter.filter``: it is clipped to the joint
-position limits and velocity-limited point by point (from the measured joint state on), and it is
-suppressed altogether, with a reason, when commanding is disabled, the measured state is missing
-or non-finite, an input has gone stale, or the command itself holds NaN. Bad numbers never raise;
-only calls with the wrong shapes (programming errors) do.
+position limits and velocity-limited point by point, from the command the controller is already
+following (or, with none, from the measured joint state), it never leads the measured state by
+more than the arm's tracking lag allows, and it is suppressed altogether, with a reason, when
+commanding is disabled, the measured state is missing or non-finite, an input has gone stale,
+or the command itself holds NaN. Bad numbers never raise; only calls with the wrong shapes
+(programming errors) do.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ VX300S_JOINT_RANGES: dict[str, tuple[float, float]] = {
 }
 VX300S_MAX_VELOCITY = math.pi
 """rad/s for every arm joint: the Interbotix vx300s URDF's <limit velocity="${pi}">. The sim's
-scripted experts move at most 0.06 rad per 20 ms step (3 rad/s), so expert-like motion passes."""
+scripted experts command at most 0.05 rad per 20 ms step (2.5 rad/s), so expert-like motion
+passes."""
 GRIPPER_MAX_VELOCITY = 5.0
 """Normalised gripper units/s: a full stroke (0 closed .. 1 open) takes at least 0.2 s. Experts
 and policies command open/close as one-step jumps; this turns them into a short ramp."""
 
 POSITION_LIMIT = "position_limit"
 VELOCITY_LIMIT = "velocity_limit"
+LEAD_LIMIT = "lead_limit"
 
 
 @dataclass
@@ -61,6 +65,11 @@ class SafetyConfig:
     """Suppress commands planned from an observation older than this, s."""
     control_period_s: float = 0.02
     """Shortest time over which the first point may move away from the measured state, s."""
+    tracking_lag_s: float = 0.1
+    """How far a position-controlled arm may trail its command, s: a command may lead the
+    measured state by max_velocity x (tracking_lag_s + time since the measurement). The sim's
+    experts lead it by up to 0.12 rad (wrist) and squeeze the gripper 0.5 past contact; a
+    limit of one control period (0.06 rad) cut the shipped policy's success by half."""
 
     def __post_init__(self):
         if isinstance(self.joint_names, str) or len(self.joint_names) == 0:
@@ -115,7 +124,7 @@ class SafetyConfig:
                 f"gripper_min/gripper_max [{self.gripper_min}, {self.gripper_max}] do not overlap "
                 f"position_min/position_max of {bad}; make the two ranges overlap"
             )
-        for name in ("max_input_age_s", "max_chunk_age_s", "control_period_s"):
+        for name in ("max_input_age_s", "max_chunk_age_s", "control_period_s", "tracking_lag_s"):
             v = getattr(self, name)
             if (
                 isinstance(v, bool)
@@ -123,6 +132,12 @@ class SafetyConfig:
                 or not (math.isfinite(v) and v > 0)
             ):
                 raise ValueError(f"{name}: needs a finite number > 0 (seconds), got {v!r}")
+        if self.tracking_lag_s < self.control_period_s:
+            raise ValueError(
+                f"tracking_lag_s ({self.tracking_lag_s} s) < control_period_s "
+                f"({self.control_period_s} s): an arm trails its command by at least one control "
+                "period; raise tracking_lag_s"
+            )
 
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Effective position limits (lo (A,), hi (A,)) float64: position_min/max, with the
@@ -171,7 +186,8 @@ class SafetyResult:
     """Why nothing may be commanded (e.g. "disabled", "stale input 'cam_high' (0.83 s > 0.50 s)");
     None when ``positions`` is set."""
     clipped: dict[str, int]
-    """Values changed per reason: "position_limit", "velocity_limit" (0 when suppressed)."""
+    """Values changed per reason (0 when suppressed): "position_limit", "velocity_limit" (a
+    step too fast), "lead_limit" (too far ahead of the measured state)."""
     hold_position: np.ndarray | None
     """(A,) measured joint state clipped to the limits (what to command to hold still); None
     when the measured state is missing or non-finite."""
@@ -199,6 +215,7 @@ class SafetyFilter:
         now_ns: int,
         enabled: bool,
         chunk_stamp_ns: int | None = None,
+        previous: np.ndarray | None = None,
     ) -> SafetyResult:
         """Make a planned trajectory safe, or say why nothing may be commanded.
 
@@ -207,7 +224,17 @@ class SafetyFilter:
         not received yet); ``input_stamps`` name -> newest stamp of each watched input (None:
         never received); ``now_ns`` the control clock; ``enabled`` the operator's switch;
         ``chunk_stamp_ns`` the observation stamp the plan was computed from (None: not
-        checked). Suppression reasons are checked in this order: disabled, measured state,
+        checked); ``previous`` (A,) the command the controller follows at ``times_ns[0]`` (the
+        last plan sent, evaluated there; None or non-finite: nothing commanded yet).
+
+        Velocity: each point moves at most ``max_velocity`` x its time step from the one
+        before; the first from ``previous`` over one control period, or without it from the
+        measured state over the time since the measurement (at least one period). Lead: no
+        point is further from the measured state than ``max_velocity`` x (``tracking_lag_s`` +
+        its time after the measurement); a ``previous`` command further ahead than that (the
+        arm stopped following: blocked, collided) is pulled back to that bound.
+
+        Suppression reasons are checked in this order: disabled, measured state,
         stale inputs, stale chunk, malformed command. Raises ValueError only for wrong shapes
         or types (programming errors)."""
         A = len(self.cfg.joint_names)
@@ -232,7 +259,7 @@ class SafetyFilter:
         hold = None
         if measured is not None and np.isfinite(measured).all():
             hold = np.clip(measured, self.lo, self.hi)
-        clipped = {POSITION_LIMIT: 0, VELOCITY_LIMIT: 0}
+        clipped = {POSITION_LIMIT: 0, VELOCITY_LIMIT: 0, LEAD_LIMIT: 0}
 
         def suppress(reason: str) -> SafetyResult:
             return SafetyResult(None, reason, clipped, hold)
@@ -257,20 +284,34 @@ class SafetyFilter:
         target = np.clip(pos.astype(np.float64), self.lo, self.hi)
         clipped[POSITION_LIMIT] = int(np.count_nonzero(target != pos))
         out = np.empty_like(target)
-        prev = hold  # a measured state just beyond a limit counts as at the limit
+        period = self.cfg.control_period_s
         dt_s = np.empty(len(times))
-        dt_s[0] = max((int(times[0]) - m_stamp) * 1e-9, self.cfg.control_period_s)
         dt_s[1:] = np.diff(times) * 1e-9
-        limited = 0
+        previous = None if previous is None else np.asarray(previous)
+        if (
+            previous is not None
+            and previous.shape == (A,)
+            and _is_real(previous)
+            and np.isfinite(previous).all()
+        ):
+            prev = np.clip(np.asarray(previous, np.float64), self.lo, self.hi)
+            dt_s[0] = period
+        else:  # a measured state just beyond a limit counts as at the limit
+            prev = hold
+            dt_s[0] = max((int(times[0]) - m_stamp) * 1e-9, period)
+        since_m = np.maximum((times - m_stamp) * 1e-9, 0.0)
         for k in range(len(times)):
             step_max = self.max_velocity * dt_s[k]
+            lead = self.max_velocity * (self.cfg.tracking_lag_s + since_m[k])
             d = target[k] - prev
-            over = np.abs(d) > step_max
+            fast = np.abs(d) > step_max
             # untouched values are passed through bit for bit (identity on safe input)
-            out[k] = np.where(over, prev + np.clip(d, -step_max, step_max), target[k])
-            limited += int(np.count_nonzero(over))
+            v = np.where(fast, prev + np.clip(d, -step_max, step_max), target[k])
+            ahead = np.abs(v - hold) > lead
+            out[k] = np.where(ahead, np.clip(v, hold - lead, hold + lead), v)
+            clipped[VELOCITY_LIMIT] += int(np.count_nonzero(fast & ~ahead))
+            clipped[LEAD_LIMIT] += int(np.count_nonzero(ahead))
             prev = out[k]
-        clipped[VELOCITY_LIMIT] = limited
         return SafetyResult(out, None, clipped, hold)
 
     def input_problem(

@@ -573,3 +573,48 @@ def test_bench_e2e_json_reports_latency_and_its_split(ros_domain_id, tmp_path):
     assert {"sim.log", "policy.log"} <= set(logs), sorted(logs)
     for name, text in logs.items():
         assert "XMLPARSER" not in text and "profiles file" not in text.lower(), (name, text[-2000:])
+
+
+def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_domain_id, tmp_path):
+    """An episode boundary (disable, reset the scene, enable): an observation stamped before the
+    enable, or an inference that was running on one, never becomes a plan, and the next command
+    starts from the measured state, not from the plan sent before the pause. The node runs in
+    this process so the test can hand it observations with chosen stamps."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from clamp_ros.policy_node import PolicyNode
+
+    env = child_env(ros_domain_id, tmp_path / "ros_log")
+    with rclpy_session(env, "restart_probe") as probe:
+        params = {
+            "model": str(models / "tiny"),
+            "perception.image_width": VIEW,
+            "perception.image_height": VIEW,
+            "enable": True,
+        }
+        node = PolicyNode(
+            context=probe.context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+        )
+        try:
+            ok = TransitionCallbackReturn.SUCCESS
+            assert node.trigger_configure() == ok and node.trigger_activate() == ok
+            policy = node.policy
+            meta = policy.metadata
+            views = np.zeros(meta.views_shape, np.float32)
+            now = node._now()
+            node._infer(policy, now, views, Q0, now, time.perf_counter())
+            assert node.executor_.num_chunks == 1
+            node.last_plan = (np.array([now]), Q0[None] + 0.5)  # a plan sent before the pause
+            node.on_enable(SetBool.Request(data=False), SetBool.Response())
+            node.on_enable(SetBool.Request(data=True), SetBool.Response())
+            assert node.executor_.num_chunks == 0 and node.last_plan is None
+            assert node._before_restart(now) and not node._before_restart(node.plan_after_ns)
+            node._infer(policy, now, views, Q0, now, time.perf_counter())  # from before enable
+            assert node.executor_.num_chunks == 0
+            fresh = node.plan_after_ns
+            node._infer(policy, fresh, views, Q0, fresh, time.perf_counter())
+            assert node.executor_.num_chunks == 1
+        finally:
+            node.destroy_node()

@@ -116,7 +116,7 @@ def test_expert_like_motion_passes_the_defaults_unchanged():
     steps[:, [0, 1, 3, 5, 7, 8, 10, 12]] = 0.06  # 1.2 rad in all: joints with room for it
     times = T0 + 20 * MS * np.arange(1, 21)
     res = run(f, times, start + np.cumsum(steps, axis=0), start)
-    assert res.ok and res.clipped == {"position_limit": 0, "velocity_limit": 0}
+    assert res.ok and res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 0}
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -148,6 +148,8 @@ def _cfg(**kw):
         ({"max_input_age_s": 0.0}, "max_input_age_s"),
         ({"max_chunk_age_s": -1.0}, "max_chunk_age_s"),
         ({"control_period_s": math.inf}, "control_period_s"),
+        ({"tracking_lag_s": 0.0}, "tracking_lag_s"),
+        ({"tracking_lag_s": 0.01}, r"tracking_lag_s \(0.01 s\) < control_period_s"),
     ],
 )
 def test_config_errors_say_what_to_change(kw, message):
@@ -209,7 +211,7 @@ def test_filter_is_the_identity_on_safe_input():
         res = run(f, times, positions, measured, now=T0)
         assert res.ok
         np.testing.assert_array_equal(res.positions, positions)  # bit for bit
-        assert res.clipped == {"position_limit": 0, "velocity_limit": 0}
+        assert res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 0}
 
 
 def test_a_jump_becomes_a_ramp_at_max_velocity():
@@ -240,6 +242,66 @@ def test_first_point_moves_over_at_least_one_control_period():
     np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.1))
 
 
+def test_with_a_previous_command_steps_and_lead_stay_bounded():
+    """From the command the controller follows: no step faster than vmax (the first over one
+    period), except a pull back to the lead bound, and never further than vmax x (lag + time
+    since the measurement) from the measured state."""
+    f = SafetyFilter(CFG)
+    lag, period = CFG.tracking_lag_s, CFG.control_period_s
+    for seed in range(300):
+        rng = np.random.default_rng(6000 + seed)
+        times, positions, measured = random_case(rng, scale=float(rng.choice([0.5, 1.5, 20.0])))
+        previous = np.clip(measured + rng.normal(0, float(rng.choice([0.05, 0.5])), A), LO, HI)
+        res = run(f, times, positions, measured, now=int(times[0]), previous=previous)
+        assert res.ok, res.suppressed
+        out = res.positions
+        assert (out >= LO).all() and (out <= HI).all()
+        since = np.maximum((times - T0) / 1e9, 0.0)
+        lead = VMAX * (lag + since[:, None])
+        assert (np.abs(out - measured) <= lead * (1 + 1e-9) + 1e-12).all()
+        first = np.abs(out[0] - previous) <= VMAX * period * (1 + 1e-9) + 1e-12
+        on_bound = np.isclose(np.abs(out[0] - measured), lead[0], rtol=1e-9, atol=1e-12)
+        assert (first | on_bound).all()
+        for k in range(1, len(times)):
+            dt = (int(times[k]) - int(times[k - 1])) / 1e9
+            assert (np.abs(out[k] - out[k - 1]) <= VMAX * dt * (1 + 1e-9) + 1e-12).all()
+
+
+def test_an_arm_trailing_its_command_keeps_its_plan():
+    """A position-controlled arm lags its command (the experts lead by up to 0.12 rad) and a
+    gripper squeezing an object stays open of its command: expert-like plans pass unchanged
+    from the previous command, where a limit from the measured state would cut them."""
+    f = SafetyFilter(CFG)
+    measured = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.4] * 2)
+    previous = measured.copy()
+    previous[4] += 0.1  # the wrist trails by 0.1 rad
+    previous[6] = 0.0  # the gripper is commanded shut on a handle that holds it at 0.4
+    times = T0 + 20 * MS * np.arange(1, 11)
+    plan = np.tile(previous, (10, 1))
+    plan[:, 4] += 0.04 * np.arange(1, 11)  # 2 rad/s on
+    res = run(f, times, plan, measured, previous=previous)
+    np.testing.assert_array_equal(res.positions, plan)
+    assert res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 0}
+    # the old rule, from the measured state: the wrist and the squeeze are cut
+    res = run(f, times, plan, measured)
+    assert res.clipped["velocity_limit"] > 0
+    assert res.positions[0, 6] == pytest.approx(0.4 - 5.0 * 0.02)
+
+
+def test_an_arm_that_stopped_following_is_not_pushed_further():
+    f = SafetyFilter(CFG)
+    measured = np.zeros(A)
+    previous = np.zeros(A)
+    previous[1] = 1.0  # the shoulder's command is 1 rad ahead: the arm is blocked
+    res = run(f, [T0], np.tile(previous, (1, 1)), measured, previous=previous)
+    assert res.positions[0, 1] == pytest.approx(VMAX[1] * CFG.tracking_lag_s)
+    assert res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 1}
+    # a non-finite or missing previous command falls back to the measured state
+    for prev in (np.full(A, np.nan), None):
+        res = run(f, [T0], np.tile(previous, (1, 1)), measured, previous=prev)
+        assert res.positions[0, 1] == pytest.approx(VMAX[1] * CFG.control_period_s)
+
+
 def test_measured_state_beyond_a_limit_counts_as_at_the_limit():
     f = SafetyFilter(CFG)
     for seed in range(100):
@@ -263,7 +325,7 @@ def test_nan_or_inf_anywhere_in_the_command_suppresses():
         res = run(f, times, positions, measured, now=int(times[0]))
         assert res.positions is None
         assert res.suppressed == f"non-finite command ({n_bad} values)"
-        assert res.clipped == {"position_limit": 0, "velocity_limit": 0}
+        assert res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 0}
         np.testing.assert_array_equal(res.hold_position, measured)
 
 

@@ -454,6 +454,7 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     """An (untrained) exported model driven against the MuJoCo task in one process."""
     from clamp_core.eval.sim_eval import evaluate
     from clamp_core.models.config import ModelConfig, preset
+    from clamp_core.policy.execution import ExecutionConfig
     from clamp_core.training.export import export_untrained
 
     d = preset("cpu-small").to_dict()
@@ -467,16 +468,33 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
         [3],
         width=64,
         height=48,
-        execute_steps=25,
+        execution=ExecutionConfig(mode="receding_horizon", execute_steps=25),
         progress=False,
         threads=1,
         inference_steps=2,
     )
     assert r["inference_steps"] == 2  # the override reaches the runtime's schedule
+    assert r["execution"]["mode"] == "receding_horizon" and r["execution"]["execute_steps"] == 25
     (ep,) = r["episodes"]
     assert ep["seed"] == 3 and isinstance(ep["success"], bool)
     assert 1 <= ep["steps"] <= 600 and r["successes"] == int(ep["success"])
     assert isinstance(ep["diverged"], bool)
+    # the node's executor decides when to infer: every 25 steps here, every F - 20 = 30 in
+    # async mode (inference takes no simulated time, so no latency margin)
+    assert ep["inferences"] == -(-ep["steps"] // 25)
+    r = evaluate(
+        tmp_path / "m",
+        "transfer_cube",
+        [3],
+        width=64,
+        height=48,
+        progress=False,
+        threads=1,
+        inference_steps=1,
+    )
+    assert r["execution"]["mode"] == "async"
+    (ep,) = r["episodes"]
+    assert ep["inferences"] == -(-ep["steps"] // 30)
 
 
 def test_history_dropout_swaps_in_the_start_of_episode_history(toy_data, cache_dir):
