@@ -25,6 +25,7 @@ Services     ~/enable (std_srvs/SetBool)
 
 from __future__ import annotations
 
+import bisect
 import collections
 import sys
 import threading
@@ -180,6 +181,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.qpos = np.full(len(self.joint_names), np.nan)
         self.qpos_arm_ns = {arm: None for arm in self.arms}
         self.qpos_arm_rx = {arm: None for arm in self.arms}
+        # each arm's recent joint states (stamp ns, positions): the policy gets the ones taken
+        # with its images, as in training, not whatever arrived since
+        self.qpos_arm_recent = {arm: collections.deque(maxlen=256) for arm in self.arms}
         self.history: collections.deque = collections.deque(maxlen=500)
         self.last_obs_stamp: int | None = None
         # plans come only from observations stamped at or after the last (re)start: activate,
@@ -408,9 +412,29 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.qpos[idx] = pos
             self.qpos_arm_ns[arm] = stamp_to_ns(msg.header.stamp) or self._now()
             self.qpos_arm_rx[arm] = self._now()
+            recent = self.qpos_arm_recent[arm]
+            if recent and self.qpos_arm_ns[arm] < recent[-1][0]:
+                recent.clear()  # the clock went backwards (sim reset, bag loop)
+            recent.append((self.qpos_arm_ns[arm], pos))
 
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def _measured_at(self, stamp: int) -> np.ndarray | None:
+        """The joint state at ``stamp`` (an observation's): per arm the newest sample stamped
+        at or before it (the oldest kept if all are newer); None while an arm has no valid
+        state. Commands are still checked against the newest state (``_measured``)."""
+        with self.lock:
+            if any(v is None for v in self.qpos_arm_ns.values()):
+                return None
+            q = self.qpos.copy()
+            for arm, recent in self.qpos_arm_recent.items():
+                if not recent:
+                    continue
+                i = bisect.bisect_right([r[0] for r in recent], stamp) - 1
+                want = self.arm_cfg[arm]["joints"]
+                q[[self.joint_index[(arm, j)] for j in want]] = recent[max(i, 0)][1]
+            return q
 
     def _measured(self) -> tuple[np.ndarray | None, int | None]:
         with self.lock:
@@ -431,7 +455,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self._time_check(stamp)
         if self._before_restart(stamp) or not self.executor_.needs_inference(start_ns):
             return
-        qpos, q_ns = self._measured()
+        qpos = self._measured_at(stamp)
         if qpos is None:
             return self._suppress("no_joint_states", "no valid joint states from every arm yet")
         t1 = time.perf_counter()
@@ -549,7 +573,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self._time_check(synced.stamp_ns)
         if self._before_restart(synced.stamp_ns) or not self.executor_.needs_inference(start_ns):
             return
-        qpos, _ = self._measured()
+        qpos = self._measured_at(synced.stamp_ns)
         if qpos is None:
             return self._suppress("no_joint_states", "no valid joint states from every arm yet")
         self._infer(policy, synced.stamp_ns, synced.images, qpos, start_ns, time.perf_counter())

@@ -575,11 +575,15 @@ def test_bench_e2e_json_reports_latency_and_its_split(ros_domain_id, tmp_path):
         assert "XMLPARSER" not in text and "profiles file" not in text.lower(), (name, text[-2000:])
 
 
+T_JS = 1_800_000_000_000_000_000
+
+
 def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_domain_id, tmp_path):
     """An episode boundary (disable, reset the scene, enable): an observation stamped before the
     enable, or an inference that was running on one, never becomes a plan, and the next command
-    starts from the measured state, not from the plan sent before the pause. The node runs in
-    this process so the test can hand it observations with chosen stamps."""
+    starts from the measured state, not from the plan sent before the pause; the joint state
+    given to the policy is the one stamped with its images. The node runs in this process so
+    the test can hand it observations with chosen stamps."""
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
@@ -616,5 +620,14 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
             fresh = node.plan_after_ns
             node._infer(policy, fresh, views, Q0, fresh, time.perf_counter())
             assert node.executor_.num_chunks == 1
+            # the policy gets the joint state taken with its images, not the newest one
+            for k in range(5):
+                for side in ("left", "right"):
+                    msg = JointState(name=list(ARM), position=[float(k)] * 7)
+                    msg.header.stamp = ns_to_stamp(T_JS + k * 20_000_000)
+                    node.on_joint_state(side, msg)
+            np.testing.assert_array_equal(node._measured_at(T_JS + 45_000_000), np.full(14, 2.0))
+            np.testing.assert_array_equal(node._measured_at(T_JS - 1), np.zeros(14))
+            np.testing.assert_array_equal(node._measured()[0], np.full(14, 4.0))
         finally:
             node.destroy_node()
