@@ -95,6 +95,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     es.add_argument("--no-safety", action="store_true", help="skip the policy node's safety filter")
     es.add_argument(
+        "--settle-steps",
+        type=int,
+        default=5,
+        help="control steps the arms rest before the first observation (default 5: as in "
+        "clamp demo, one camera period after a reset; 0: the exact reset pose the demos "
+        "start from)",
+    )
+    es.add_argument(
         "--inference-steps", type=int, default=None, help="DDIM steps (default: the model's)"
     )
     es.add_argument("--width", type=int, default=320)
@@ -242,6 +250,7 @@ def cmd_eval_sim(args) -> int:
         safety=not args.no_safety,
         latency_steps=args.latency_steps,
         camera_every=args.camera_every,
+        settle_steps=args.settle_steps,
     )
     if args.json:
         print(json.dumps(r))

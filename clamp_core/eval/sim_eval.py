@@ -32,13 +32,18 @@ def evaluate(
     safety: bool = True,
     latency_steps: int = 0,
     camera_every: int = 1,
+    settle_steps: int = 5,
 ) -> dict:
     """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``, as in
     config/aloha_bimanual.yaml and the demo); ``safety``: run the node's safety filter
     (``aloha_defaults``) on every command (False: the policy's commands as they are);
     ``latency_steps``: control steps from an observation to its chunk's arrival (the
     deployment's stamp-to-command latency; 0: inference takes no simulated time);
-    ``camera_every``: control steps between camera frames (observations only on those)."""
+    ``camera_every``: control steps between camera frames (observations only on those);
+    ``settle_steps``: control steps the arms rest at the reset pose before the first
+    observation: they sag a few mrad under gravity, as on a robot. Default 5: in `clamp demo`
+    the policy's first frame after a reset comes about one camera period later; 0: the exact
+    reset pose every demo starts from."""
     import dataclasses
 
     from tqdm import tqdm
@@ -59,9 +64,10 @@ def evaluate(
     results = []
     cams = [c.name for c in meta.perception_config().cameras]
     monitor = SuccessMonitor(task)
-    if latency_steps < 0 or camera_every < 1:
+    if latency_steps < 0 or camera_every < 1 or settle_steps < 0:
         raise ValueError(
-            f"latency_steps must be >= 0 and camera_every >= 1, got {latency_steps}, {camera_every}"
+            f"latency_steps and settle_steps must be >= 0 and camera_every >= 1, got "
+            f"{latency_steps}, {settle_steps}, {camera_every}"
         )
     exec_cfg = execution if execution is not None else ExecutionConfig(mode="async")
     executor = ChunkExecutor(exec_cfg, meta.joint_names)
@@ -72,6 +78,9 @@ def evaluate(
     clipped: dict[str, int] = {}
     for seed in tqdm(list(seeds), desc=f"eval {task_name}", disable=not progress):
         task.reset(sim, seed)
+        rest = sim.qpos14()
+        for _ in range(settle_steps):
+            sim.step(rest)
         monitor.reset()
         executor.reset()
         history: deque = deque(maxlen=max(meta.action_history, 1))
@@ -148,6 +157,7 @@ def evaluate(
         "safety": safety,
         "latency_steps": latency_steps,
         "camera_every": camera_every,
+        "settle_steps": settle_steps,
         "clipped": clipped,
         "inference_steps": policy.schedule.cfg.inference_steps,
     }

@@ -58,8 +58,8 @@ class ExecutionConfig:
     """One of receding_horizon, temporal_ensembling, async (see the module docstring)."""
     execute_steps: int = 25
     """receding_horizon: actions run from each chunk before the next inference (capped at F).
-    Half a 50-step chunk: committing longer matters more than replanning often (the shipped
-    Drawer Open model in `clamp eval sim`: 6 of 20 seeds at 10, 12 to 14 at 25-50)."""
+    Half a 50-step chunk: committing longer matters more than replanning often (a Drawer Open
+    model in `clamp eval sim`: 6 of 20 seeds at 10, 12 to 14 at 25-50)."""
     inference_every_steps: int = 1
     """temporal_ensembling: control steps between inferences (ACT: 1, every tick)."""
     ensemble_decay: float = 0.01

@@ -69,7 +69,7 @@ class SafetyConfig:
     """How far a position-controlled arm may trail its command, s: a command may lead the
     measured state by max_velocity x (tracking_lag_s + time since the measurement). The sim's
     experts lead it by up to 0.12 rad (wrist) and squeeze the gripper 0.5 past contact; a
-    limit of one control period (0.06 rad) cut the shipped policy's success by half."""
+    limit of one control period (0.06 rad) cut a Drawer Open policy's success by half."""
 
     def __post_init__(self):
         if isinstance(self.joint_names, str) or len(self.joint_names) == 0:

@@ -173,9 +173,15 @@ def camera_names_of(paths: list[Path]) -> list[str]:
 
 
 def compute_norm_stats(episodes: list[EpisodeData]) -> dict[str, MinMax]:
+    """qpos: over the measured positions; action: over the commands AND the measured positions,
+    because the action-history input holds measured positions before an episode's first command
+    (training and the node pad with them). Over the commands alone, a joint the experts never
+    turn (forearm_roll: +-0.0004 rad) maps a resting arm's 0.003 rad of sag to -6."""
     return {
         "qpos": compute_minmax(e.lowdim["qpos"] for e in episodes),
-        "action": compute_minmax(e.lowdim["action"] for e in episodes),
+        "action": compute_minmax(
+            a for e in episodes for a in (e.lowdim["action"], e.lowdim["qpos"])
+        ),
     }
 
 
