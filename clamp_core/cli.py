@@ -46,6 +46,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     gen.add_argument("--workers", type=int, default=1, help="worker processes")
     gen.add_argument("--width", type=int, default=640)
     gen.add_argument("--height", type=int, default=480)
+    gen.add_argument(
+        "--rest-steps",
+        type=int,
+        default=0,
+        help="control steps the arms rest at their start pose before the expert starts",
+    )
+    gen.add_argument(
+        "--start-jitter",
+        type=float,
+        default=0.0,
+        help="uniform +-rad on each arm joint's start pose (with --rest-steps)",
+    )
     gen.add_argument("--json", action="store_true", help="print the summary as JSON")
     gen.set_defaults(func=cmd_generate)
 
@@ -168,13 +180,28 @@ def cmd_generate(args) -> int:
     if args.seed < 0 or args.episodes < 1 or args.workers < 1:
         print("clamp generate: --seed must be >= 0, --episodes and --workers >= 1", file=sys.stderr)
         return 2
+    if args.rest_steps < 0 or args.start_jitter < 0 or (args.start_jitter and not args.rest_steps):
+        print(
+            "clamp generate: --rest-steps and --start-jitter must be >= 0, and --start-jitter "
+            "needs --rest-steps (the arms move to the jittered pose while resting)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         check_output_dir(args.out)
     except EpisodeWriteError as e:
         print(f"clamp generate: {e}", file=sys.stderr)
         return 1
     jobs = [
-        Job(n, s, args.out, args.width, args.height)
+        Job(
+            n,
+            s,
+            args.out,
+            args.width,
+            args.height,
+            rest_steps=args.rest_steps,
+            start_jitter=args.start_jitter,
+        )
         for n in names
         for s in range(args.seed, args.seed + args.episodes)
     ]

@@ -52,6 +52,13 @@ class Job:
     height: int = 480
     compression: str | None = "gzip"
     """Of images and depth: 'gzip', 'lzf' or None (see ``EpisodeWriter``)."""
+    rest_steps: int = 0
+    """Control steps the arms hold their start pose before the expert starts and recording
+    begins: they sag a few mrad under gravity, as a robot's arms do before an episode (0: the
+    episode starts at the exact reset pose)."""
+    start_jitter: float = 0.0
+    """Uniform +-rad added to every arm joint's start pose (grippers untouched) during the
+    rest, from a generator seeded with the episode seed; needs rest_steps to reach it."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,20 @@ def _task_sim(name: str, width: int, height: int):
     return _SIMS[key]
 
 
-def _rollout(task, sim, seed: int, record=None) -> tuple[bool, int]:
+def _rollout(
+    task, sim, seed: int, record=None, rest_steps: int = 0, start_jitter: float = 0.0
+) -> tuple[bool, int]:
     """Run the expert from ``seed``; ``record(step, frame, action)`` is called before each step
     when given. Returns (success, steps)."""
     task.reset(sim, seed)
+    if rest_steps > 0:  # not recorded: the episode starts from the rested arms
+        start = sim.qpos14().copy()
+        if start_jitter > 0:
+            arm = [i for i in range(14) if i not in (6, 13)]
+            rng = np.random.default_rng([seed, 1])  # apart from the expert's stream
+            start[arm] += rng.uniform(-start_jitter, start_jitter, len(arm))
+        for _ in range(rest_steps):
+            sim.step(start)
     expert = task.expert(sim, np.random.default_rng(seed))
     done_at = None
     for step in range(task.max_steps):
@@ -103,7 +120,7 @@ def run_job(job: Job) -> JobResult:
         return JobResult(job.task, job.seed, "skipped")
     try:
         task, sim = _task_sim(job.task, job.width, job.height)
-        ok, _ = _rollout(task, sim, job.seed)
+        ok, _ = _rollout(task, sim, job.seed, None, job.rest_steps, job.start_jitter)
         if not ok:
             return JobResult(job.task, job.seed, "failed", seconds=time.perf_counter() - t0)
         meta = EpisodeMeta(
@@ -141,7 +158,7 @@ def run_job(job: Job) -> JobResult:
                     task_progress=int(task.progress(sim)),
                 )
 
-            ok, steps = _rollout(task, sim, job.seed, record)
+            ok, steps = _rollout(task, sim, job.seed, record, job.rest_steps, job.start_jitter)
             if not ok:  # cannot happen for a deterministic replay; never keep a failure
                 writer.discard()
                 return JobResult(

@@ -41,6 +41,27 @@ def test_generated_episode_is_valid_and_complete(dataset):
         assert w["action_future"].shape == (50, 14)
 
 
+def test_rested_and_jittered_start_poses(dataset, tmp_path):
+    """--rest-steps / --start-jitter: the episode starts from arms that rested at a perturbed
+    pose (as a robot's do before an episode), the expert still succeeds from there, and the
+    same seed gives the same episode."""
+    out, _ = dataset
+    with EpisodeReader(episode_path(out, "transfer_cube", 11)) as ep:
+        exact = ep.frame(0, images=False, depth=False)["qpos"]
+    firsts = []
+    for run in ("a", "b"):
+        job = Job("transfer_cube", 11, str(tmp_path / run), 160, 120, None, 25, 0.05)
+        (r,) = generate([job], progress=False)
+        assert r.status == "written", r
+        with EpisodeReader(episode_path(tmp_path / run, "transfer_cube", 11)) as ep:
+            assert ep.success
+            firsts.append(ep.frame(0, images=False, depth=False)["qpos"])
+    np.testing.assert_array_equal(firsts[0], firsts[1])
+    arm = [i for i in range(14) if i not in (6, 13)]
+    moved = np.abs(firsts[0][arm] - exact[arm])
+    assert moved.max() > 0.005 and moved.max() < 0.08, moved
+
+
 def test_rerun_skips_finished_episodes(dataset):
     out, _ = dataset
     again = list(generate([Job("transfer_cube", 11, str(out), 160, 120)], progress=False))
@@ -76,6 +97,8 @@ def test_cli_refuses_bad_requests(tmp_path, capsys):
     assert cli.main(["generate", "--task", "transfer_cube", "--out", str(blocker / "x")]) == 1
     assert "not writable" in capsys.readouterr().err
     assert cli.main(["generate", "--task", "transfer_cube", "--seed", "-1"]) == 2
+    assert cli.main(["generate", "--task", "transfer_cube", "--start-jitter", "0.05"]) == 2
+    assert "needs --rest-steps" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown task"):
         cli.main(["generate", "--task", "fold_laundry"])
 
