@@ -3,6 +3,7 @@ toy episodes (real HDF5 files, real perception pipeline, real torch and ONNX Run
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -468,16 +469,11 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     d["image"].update(patch_size=8, dim=48, layers=1, heads=2)
     d["denoiser"].update(dim=32, layers=1, cond_layers=1, heads=2)
     export_untrained(ModelConfig.from_dict(d), tmp_path / "m", verify=False)
-    r = evaluate(
-        tmp_path / "m",
-        "transfer_cube",
-        [3],
-        width=64,
-        height=48,
-        execution=ExecutionConfig(mode="receding_horizon", execute_steps=25),
-        progress=False,
-        threads=1,
-        inference_steps=2,
+    run = functools.partial(
+        evaluate, tmp_path / "m", "transfer_cube", [3], 64, 48, progress=False, threads=1
+    )
+    r = run(
+        execution=ExecutionConfig(mode="receding_horizon", execute_steps=25), inference_steps=2
     )
     assert r["inference_steps"] == 2  # the override reaches the runtime's schedule
     assert r["execution"]["mode"] == "receding_horizon" and r["execution"]["execute_steps"] == 25
@@ -488,16 +484,7 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     # the node's executor decides when to infer: every 25 steps here, every F - 20 = 30 in
     # async mode (inference takes no simulated time, so no latency margin)
     assert ep["inferences"] == -(-ep["steps"] // 25)
-    r = evaluate(
-        tmp_path / "m",
-        "transfer_cube",
-        [3],
-        width=64,
-        height=48,
-        progress=False,
-        threads=1,
-        inference_steps=1,
-    )
+    r = run(inference_steps=1)
     assert r["execution"]["mode"] == "async" and r["settle_steps"] == 5
     (ep,) = r["episodes"]
     assert ep["inferences"] == -(-ep["steps"] // 30)
