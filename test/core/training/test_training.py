@@ -472,9 +472,7 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     run = functools.partial(
         evaluate, tmp_path / "m", "transfer_cube", [3], 64, 48, progress=False, threads=1
     )
-    r = run(
-        execution=ExecutionConfig(mode="receding_horizon", execute_steps=25), inference_steps=2
-    )
+    r = run(execution=ExecutionConfig(mode="receding_horizon", execute_steps=25), inference_steps=2)
     assert r["inference_steps"] == 2  # the override reaches the runtime's schedule
     assert r["execution"]["mode"] == "receding_horizon" and r["execution"]["execute_steps"] == 25
     (ep,) = r["episodes"]
