@@ -42,7 +42,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from clamp_core.data.episode import ALOHA_JOINT_NAMES
+from clamp_core.aloha import ALOHA_JOINT_NAMES, ARM_JOINT_NAMES
 from clamp_core.perception import PerceptionError
 from clamp_core.perception.config import ConfigError
 from clamp_core.policy.execution import ChunkExecutor, ExecutionConfig
@@ -61,16 +61,6 @@ from .graph import share_dir
 from .params import declare, field_docs
 from .perception_node import PerceptionFrontend
 from .util import KeyedThrottle, LatencyStats, RateMeter, run_node
-
-ARM_JOINTS = [
-    "waist",
-    "shoulder",
-    "elbow",
-    "forearm_roll",
-    "wrist_angle",
-    "wrist_rotate",
-    "gripper",
-]
 
 
 class _ViewSet:
@@ -122,7 +112,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 ),
                 "joints": d(
                     f"{arm}.joints",
-                    list(ARM_JOINTS),
+                    list(ARM_JOINT_NAMES),
                     "Joint names of this arm in its messages, in action order.",
                 ),
                 "trajectory": d(

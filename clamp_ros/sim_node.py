@@ -55,9 +55,10 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from trajectory_msgs.msg import JointTrajectory
 
+from clamp_core.aloha import ARM_JOINT_NAMES, ARM_JOINTS, SIDES
 from clamp_core.geometry.image import encode_depth_mm
 from clamp_core.geometry.transforms import Transform
-from clamp_core.sim.aloha import ARM_JOINTS, CONTROL_DT, SIDES
+from clamp_core.sim.aloha import CONTROL_DT
 from clamp_core.sim.tasks import make_task
 from clamp_core.sim.tasks.base import SuccessMonitor
 
@@ -66,8 +67,6 @@ from .params import declare
 from .perception_node import TF_QOS, TF_STATIC_QOS
 from .util import KeyedThrottle, run_node
 
-ARM_JOINT_NAMES = (*ARM_JOINTS, "gripper")
-"""Joint names of one arm in JointState and JointTrajectory messages."""
 BASE_FRAME = "world"
 MAX_CATCH_UP_S = 0.25
 """Behind real time by more than this, the node gives up catching up (sim time falls behind)."""

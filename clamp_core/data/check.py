@@ -13,11 +13,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..aloha import GRIPPER_INDICES, NUM_JOINTS
 from .episode import (
     FORMAT,
     FORMAT_VERSION,
-    GRIPPER_INDICES,
-    NUM_JOINTS,
     RIGID_TOL,
     normalize_positions,
 )

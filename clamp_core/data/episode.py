@@ -19,26 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..aloha import ALOHA_JOINT_NAMES, NUM_JOINTS
 from ..fileio import fsync_dir
 
 FORMAT = "clamp-episode"
 FORMAT_VERSION = 1
-NUM_JOINTS = 14
-ALOHA_JOINT_NAMES = [
-    f"{side}_{joint}"
-    for side in ("left", "right")
-    for joint in (
-        "waist",
-        "shoulder",
-        "elbow",
-        "forearm_roll",
-        "wrist_angle",
-        "wrist_rotate",
-        "gripper",
-    )
-]
-GRIPPER_INDICES = (6, 13)
-"""Columns of qpos / action that hold the (normalised, 0 closed .. 1 open) gripper positions."""
 DEFAULT_CAMERAS = ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"]
 COMPRESSIONS = (None, "lzf", "gzip")
 GZIP_LEVEL = 1

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..aloha import ALOHA_JOINT_NAMES, GRIPPER_INDICES
+
 # vx300s joint ranges (rad), the same for both arms: gym-aloha's MuJoCo model (gym_aloha 0.1.5,
 # assets/vx300s_left.xml / vx300s_right.xml, model.jnt_range of vx300s_<side>/<joint>), copied so
 # that the runtime does not need MuJoCo; test_safety asserts they still equal the model's.
@@ -153,8 +155,6 @@ class SafetyConfig:
 def aloha_defaults(**overrides) -> SafetyConfig:
     """SafetyConfig for the bimanual ALOHA (two vx300s, normalised grippers) in the 14-D ALOHA
     order; ``overrides`` replace fields (e.g. ``max_input_age_s=0.3``)."""
-    from ..data.episode import ALOHA_JOINT_NAMES, GRIPPER_INDICES  # h5py only when called
-
     lo, hi, vmax = [], [], []
     for name in ALOHA_JOINT_NAMES:
         joint = name.split("_", 1)[1]

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..aloha import ALOHA_JOINT_NAMES, ARM_JOINTS, SIDES
 from ..geometry.camera import PinholeCamera
 from .render import RgbdRenderer
 
-ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-SIDES = ("left", "right")
-JOINT_NAMES = [f"{s}_{j}" for s in SIDES for j in (*ARM_JOINTS, "gripper")]
-"""The 14-D ALOHA order: left 6 joints, left gripper, right 6 joints, right gripper."""
+JOINT_NAMES = ALOHA_JOINT_NAMES
 FINGER_RANGE = (0.021, 0.057)  # slide joint of one finger (m): closed .. open
 START_POSE = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 1.0] * 2)
 """ALOHA's sleep-ready pose, grippers open."""
