@@ -268,7 +268,7 @@ class ChunkExecutor:
         max_points = max(0, min(max_points, int((last - t) // (self._dt_s * 1e9)) + 2))
         k = np.arange(max_points, dtype=np.float64)
         times = t + np.round(k * self._dt_s * 1e9).astype(np.int64)
-        values, valid = self._evaluate(times)
+        values, valid = self._evaluate(times, chunks)
         n = int(np.argmin(valid)) if not valid.all() else max_points
         return times[:n], values[:n]
 
@@ -359,13 +359,17 @@ class ChunkExecutor:
         valid = (qq >= t0) & (qq <= ends) & (qq - stamps <= self._max_age_ns)
         return values, valid
 
-    def _evaluate(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The plan at times q (K,) int64: values (K, A), valid (K,) bool."""
+    def _evaluate(
+        self, q: np.ndarray, chunks: list[_Stored] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The plan at times q (K,) int64: values (K, A), valid (K,) bool. ``chunks``: the live
+        chunks at q.min() when the caller has them already."""
         K, A = len(q), len(self.joint_names)
         out = np.zeros((K, A))
         valid = np.zeros(K, bool)
-        chunks = self._live(int(q.min())) if K else []
-        if not chunks:
+        if chunks is None and K:
+            chunks = self._live(int(q.min()))
+        if not K or not chunks:
             return out, valid
         values, covers = self._sample(chunks, q)  # oldest chunk first
         mode = self.cfg.mode
