@@ -159,8 +159,12 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "An observation this far behind the previous one means "
             "the clock was reset: chunks and history are dropped.",
         )
-        self.exec_cfg = ExecutionConfig(**self._declare_fields("execution", ExecutionConfig()))
         self.safety_cfg = self._safety_config()
+        # one chunk age limit: the executor drops chunks at the age the safety filter refuses them
+        self.exec_cfg = ExecutionConfig(
+            **self._declare_fields("execution", ExecutionConfig(), skip=("max_chunk_age_s",)),
+            max_chunk_age_s=self.safety_cfg.max_chunk_age_s,
+        )
         self.safety = SafetyFilter(self.safety_cfg)
 
         self.policy: OnnxPolicy | None = None
@@ -210,12 +214,14 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.cmd_group = MutuallyExclusiveCallbackGroup()
 
     # ------------------------------------------------------------------ parameters
-    def _declare_fields(self, prefix: str, obj) -> dict:
+    def _declare_fields(self, prefix: str, obj, skip: tuple[str, ...] = ()) -> dict:
         import dataclasses
 
         docs = field_docs(type(obj))
         out = {}
         for f in dataclasses.fields(obj):
+            if f.name in skip:
+                continue
             v = getattr(obj, f.name)
             out[f.name] = declare(
                 self,
