@@ -6,7 +6,7 @@ STAMP     := $(VENV)/.clamp-setup
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
-# big images over best-effort QoS need Fast DDS's large-data transports (see docs/troubleshooting)
+# big images over best-effort QoS need Fast DDS's large-data transports (see docs/perception.md, transport)
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 export OMP_WAIT_POLICY ?= PASSIVE
 # MuJoCo renders offscreen through EGL (Mesa on machines without a GPU)

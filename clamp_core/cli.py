@@ -1,5 +1,7 @@
-"""The `clamp` command: benchmarks and offline tools (ROS-free). ROS commands such as `clamp demo`
-are added by ``clamp_ros.cli``, which is the installed entry point."""
+"""The `clamp` command: benchmarks, data, training, export and evaluation tools.
+
+These are ROS-free; ROS commands such as `clamp demo` are added by ``clamp_ros.cli``, which is
+the installed entry point."""
 
 from __future__ import annotations
 
