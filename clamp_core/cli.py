@@ -121,6 +121,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     es.add_argument("--width", type=int, default=320)
     es.add_argument("--height", type=int, default=240)
+    es.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="write a picture: each seed's task stage, and one episode's joints (planned, "
+        "commanded, measured)",
+    )
+    es.add_argument(
+        "--plot-seed",
+        type=int,
+        default=None,
+        help="the episode to draw (default: the first failure)",
+    )
     es.add_argument("--json", action="store_true")
     es.set_defaults(func=cmd_eval_sim)
 
@@ -267,6 +280,9 @@ def cmd_eval_sim(args) -> int:
     except ValueError as e:
         print(f"clamp eval sim: {e}", file=sys.stderr)
         return 2
+    if args.plot_seed is not None and not (args.seed <= args.plot_seed < args.seed + args.episodes):
+        print(f"clamp eval sim: --plot-seed {args.plot_seed} is not evaluated", file=sys.stderr)
+        return 2
     r = evaluate(
         args.model,
         args.task,
@@ -280,7 +296,14 @@ def cmd_eval_sim(args) -> int:
         latency_steps=args.latency_steps,
         camera_every=args.camera_every,
         settle_steps=args.settle_steps,
+        trace=args.plot is not None,
     )
+    if args.plot is not None:
+        from .eval.plots import plot_eval
+
+        r["plot"] = str(plot_eval(r, args.plot, seed=args.plot_seed))
+        for e in r["episodes"]:
+            e.pop("trace", None)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -290,6 +313,8 @@ def cmd_eval_sim(args) -> int:
             f"({e['steps']} steps, task progress reached {e['max_progress']})"
         )
     print(f"success: {r['successes']}/{len(r['episodes'])} ({r['success_rate']:.0%})")
+    if "plot" in r:
+        print(f"plot: {r['plot']}")
     return 0
 
 

@@ -33,6 +33,7 @@ def evaluate(
     latency_steps: int = 0,
     camera_every: int = 1,
     settle_steps: int = 5,
+    trace: bool = False,
 ) -> dict:
     """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``, as in
     config/aloha_bimanual.yaml and the demo); ``safety``: run the node's safety filter
@@ -43,7 +44,11 @@ def evaluate(
     ``settle_steps``: control steps the arms rest at the reset pose before the first
     observation: they sag a few mrad under gravity, as on a robot. Default 5: in `clamp demo`
     the policy's first frame after a reset comes about one camera period later; 0: the exact
-    reset pose every demo starts from."""
+    reset pose every demo starts from. ``trace``: each episode's result also holds
+    ``trace``, numpy arrays per control step: ``t_s`` (T,), ``policy`` (T, 14) what the
+    executor planned, ``command`` (T, 14) what the sim was sent (after the safety filter),
+    ``measured`` (T, 14) the joint positions before that step, and ``inference_steps`` (the
+    steps where a chunk was requested); not JSON, see ``clamp_core.eval.plots``."""
     import dataclasses
 
     from tqdm import tqdm
@@ -85,6 +90,7 @@ def evaluate(
         executor.reset()
         history: deque = deque(maxlen=max(meta.action_history, 1))
         t0, inferences, previous, pending = time.perf_counter(), 0, None, None
+        steps_rec: dict[str, list] = {"policy": [], "command": [], "measured": [], "infer": []}
         for step in range(task.max_steps):
             now = step * dt_ns
             if pending is not None and step >= pending[0]:
@@ -108,6 +114,7 @@ def evaluate(
                 obs = PolicyObservation(now, views, qpos, np.array(hist[-meta.action_history :]))
                 chunk = policy.predict(obs)
                 inferences += 1
+                steps_rec["infer"].append(step)
                 if latency_steps > 0:
                     pending = (step + latency_steps, chunk)
                 else:
@@ -116,6 +123,9 @@ def evaluate(
             if action is None:  # nothing planned (yet): hold, as the node does
                 action = sim.qpos14() if previous is None else previous
             history.append(action)  # what the policy asked for, as the node records it
+            if trace:
+                steps_rec["policy"].append(np.array(action, np.float64))
+                steps_rec["measured"].append(sim.qpos14())
             if safety:  # as the node: from the previous command, against the measured state
                 res = filt.filter(
                     np.array([now]),
@@ -130,6 +140,8 @@ def evaluate(
                 action = previous = res.positions[0]
                 for k, n in res.clipped.items():
                     clipped[k] = clipped.get(k, 0) + n
+            if trace:
+                steps_rec["command"].append(np.array(action, np.float64))
             sim.step(action)
             # success must hold a while; a diverged sim (MuJoCo reset its state) ends it
             if monitor.update(sim) or monitor.diverged:
@@ -145,6 +157,15 @@ def evaluate(
                 "wall_s": round(time.perf_counter() - t0, 2),
             }
         )
+        if trace:
+            n = len(steps_rec["command"])
+            results[-1]["trace"] = {
+                "t_s": np.arange(n) * dt_ns * 1e-9,
+                "policy": np.array(steps_rec["policy"]).reshape(n, -1),
+                "command": np.array(steps_rec["command"]).reshape(n, -1),
+                "measured": np.array(steps_rec["measured"]).reshape(n, -1),
+                "inference_steps": np.array(steps_rec["infer"], np.int64),
+            }
     sim.close()
     n_ok = sum(r["success"] for r in results)
     return {

@@ -459,9 +459,15 @@ def test_bench_policy_json_shape():
 
 def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     """An (untrained) exported model driven against the MuJoCo task in one process."""
+    import cv2
+
+    from clamp_core.cli import main as cli_main
+    from clamp_core.eval.plots import plot_eval
     from clamp_core.eval.sim_eval import evaluate
     from clamp_core.models.config import ModelConfig, preset
     from clamp_core.policy.execution import ExecutionConfig
+    from clamp_core.policy.safety import aloha_defaults
+    from clamp_core.sim.aloha import START_POSE
     from clamp_core.training.export import export_untrained
 
     d = preset("cpu-small").to_dict()
@@ -482,10 +488,40 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     # the node's executor decides when to infer: every 25 steps here, every F - 20 = 30 in
     # async mode (inference takes no simulated time, so no latency margin)
     assert ep["inferences"] == -(-ep["steps"] // 25)
-    r = run(inference_steps=1)
+    r = run(inference_steps=1, trace=True)
     assert r["execution"]["mode"] == "async" and r["settle_steps"] == 5
     (ep,) = r["episodes"]
     assert ep["inferences"] == -(-ep["steps"] // 30)
+    # the trace: one row per control step; what was sent obeys the safety filter's limits
+    tr = ep["trace"]
+    n = ep["steps"]
+    assert tr["t_s"].shape == (n,) and np.allclose(np.diff(tr["t_s"]), 0.02)
+    for key in ("policy", "command", "measured"):
+        assert tr[key].shape == (n, 14) and np.isfinite(tr[key]).all()
+    assert list(tr["inference_steps"]) == list(range(0, n, 30))
+    limits = aloha_defaults()
+    vmax = np.array(limits.max_velocity)
+    lo, hi = limits.limits()
+    cmd, meas = tr["command"], np.clip(tr["measured"], lo, hi)  # the filter's hold point
+    # every command within max_velocity x tracking_lag_s of where the arm is, and each step
+    # within max_velocity x dt, unless the filter pulled a command back towards the arm
+    lead = np.abs(cmd - meas) - vmax * limits.tracking_lag_s
+    assert lead.max() <= 1e-9, (lead.max(), np.unravel_index(lead.argmax(), lead.shape))
+    fast = np.abs(np.diff(cmd, axis=0)) > vmax * 0.02 + 1e-9
+    towards = np.abs(cmd[1:] - meas[1:]) < np.abs(cmd[:-1] - meas[1:])
+    assert np.all(towards[fast])
+    assert np.all(tr["command"] >= np.array(limits.position_min) - 1e-9)
+    assert np.all(tr["command"] <= np.array(limits.position_max) + 1e-9)
+    # the arms rested before the first frame: the measured start is off the exact reset pose
+    assert 0 < np.abs(tr["measured"][0] - START_POSE).max() < 0.05
+    png = plot_eval(r, tmp_path / "eval.png")
+    picture = cv2.imread(str(png))
+    assert picture is not None and picture.shape[0] > 600 and picture.shape[1] > 800
+    assert not list(tmp_path.glob(".eval.png*"))  # written atomically, nothing left behind
+    with pytest.raises(ValueError, match="seed 4"):
+        plot_eval(r, tmp_path / "x.png", seed=4)
+    args = ["eval", "sim", "--model", str(tmp_path / "m"), "--task", "transfer_cube"]
+    assert cli_main([*args, "--episodes", "2", "--plot", "p.png", "--plot-seed", "9"]) == 2
 
 
 def test_history_dropout_swaps_in_the_start_of_episode_history(toy_data, cache_dir):
