@@ -298,7 +298,9 @@ class SafetyFilter:
             dt_s[0] = period
         else:  # a measured state just beyond a limit counts as at the limit
             prev = hold
-            dt_s[0] = max((int(times[0]) - m_stamp) * 1e-9, period)
+            # nothing was commanded, so the arm is still where it was measured: it has from now
+            # (not from the measurement, however old) until the first point to get there
+            dt_s[0] = max((int(times[0]) - max(m_stamp, now)) * 1e-9, period)
         since_m = np.maximum((times - m_stamp) * 1e-9, 0.0)
         for k in range(len(times)):
             step_max = self.max_velocity * dt_s[k]
@@ -354,6 +356,8 @@ class SafetyFilter:
         m_age = (now - m_stamp) * 1e-9
         if m_age > max_age:
             stale.append((m_age, f"stale measured joint state ({m_age:.2f} s > {max_age:.2f} s)"))
+        elif m_age < -max_age:  # from before a clock reset: its age means nothing
+            stale.append((math.inf, f"measured joint state {-m_age:.2f} s in the future"))
         for name in sorted(input_stamps):
             stamp = input_stamps[name]
             if stamp is None:
@@ -362,6 +366,8 @@ class SafetyFilter:
             age = (now - _stamp(f"input_stamps['{name}']", stamp)) * 1e-9
             if age > max_age:
                 stale.append((age, f"stale input '{name}' ({age:.2f} s > {max_age:.2f} s)"))
+            elif age < -max_age:
+                stale.append((math.inf, f"input '{name}' {-age:.2f} s in the future"))
         if stale:
             stale.sort(key=lambda x: -x[0])  # the oldest first
             return "; ".join(text for _, text in stale)

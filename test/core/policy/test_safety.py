@@ -238,8 +238,15 @@ def test_first_point_moves_over_at_least_one_control_period():
     for first in (T0 - 50 * MS, T0, T0 + 1):  # at or before the measurement: one period
         res = run(f, [first], target, measured)
         np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.02))
-    res = run(f, [T0 + 100 * MS], target, measured)  # 0.1 s later: 0.314 rad allowed
-    np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.1))
+    # 0.1 s after the measurement, 0.09 s from now: 0.283 rad allowed
+    res = run(f, [T0 + 100 * MS], target, measured)
+    np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * 0.09))
+    # an old (but not yet stale) measurement buys no step: the arm has only from now on
+    old = T0 - 450 * MS
+    inputs = {"cam_high": T0, "joint_states": old}
+    for first, span in ((T0 + 10 * MS, 0.02), (T0 + 70 * MS, 0.06)):
+        res = run(f, [first], target, measured, measured_stamp=old, input_stamps=inputs)
+        np.testing.assert_allclose(res.positions[0], np.minimum(target[0], VMAX * span))
 
 
 def test_with_a_previous_command_steps_and_lead_stay_bounded():
@@ -438,6 +445,22 @@ def test_input_problem_is_the_filters_watchdog():
         else:
             assert res.suppressed is None or not res.suppressed.startswith(("stale", "measured"))
     assert f.input_problem(None, None, {}, T0) == "measured joint state missing"
+
+
+def test_inputs_from_before_a_clock_reset_suppress():
+    """After the clock jumped back (a sim reset, a bag looping), inputs received before it are
+    stamped in the future: their age means nothing, so they count as missing until they come
+    again; a little ahead (threads reading the clock in another order) is fine."""
+    f = SafetyFilter(CFG)
+    q = np.zeros(A)
+    later = T0 + 100 * 10**9
+    problem = f.input_problem(q, T0, {"cam_high": later, "joint_states": T0}, T0)
+    assert problem == "input 'cam_high' 100.00 s in the future"
+    problem = f.input_problem(q, later, {"cam_high": T0}, T0)
+    assert problem == "measured joint state 100.00 s in the future"
+    assert f.input_problem(q, T0 + 5 * MS, {"cam_high": T0 + 5 * MS}, T0) is None
+    res = run(f, [T0 + 20 * MS], q[None], q, input_stamps={"cam_high": later}, now=T0)
+    assert res.positions is None and "in the future" in res.suppressed
 
 
 def test_stale_chunk_suppresses():
