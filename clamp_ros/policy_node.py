@@ -8,7 +8,8 @@ pieces; this node only wires them to ROS.
 
 Lifecycle: ``configure`` loads the model and checks its metadata against this node's parameters
 (joint names, cameras, views), ``activate`` starts inference and commanding, ``deactivate`` stops
-commanding and holds the measured position, ``cleanup`` drops the model.
+commanding and stops the arms where they are (an empty trajectory: the controller holds its
+position), ``cleanup`` drops the model.
 
 Commands go out only when the node is active AND enabled (``~/enable``, std_srvs/SetBool; the
 ``enable`` parameter sets the initial state, false on the real robot) AND every input is fresh.
@@ -191,6 +192,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.last_suppression = ""
         self.holding = False
         self.commanded_until_ns = 0
+        self.sent_since_stop = False  # a command this node sent may still be running
         # the last plan sent (times (K,), positions (K, 14)): what the controller follows
         self.last_plan: tuple[np.ndarray, np.ndarray] | None = None
         self.stats = {
@@ -334,9 +336,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        with self.lock:
+        with self.lock:  # an inference still running is dropped, not published
             self.active = False
-            self.executor_.reset()
+            self._restart(self._now())
         self._hold("deactivated")
         self.get_logger().info("inactive: commands stopped, holding position")
         return TransitionCallbackReturn.SUCCESS
@@ -345,6 +347,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         with self.lock:
             self.policy = None
             self.active = False
+            self._restart(self._now())
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
@@ -353,8 +356,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_enable(self, request: SetBool.Request, response: SetBool.Response):
-        was = self.enabled
-        self.enabled = bool(request.data)
+        with self.lock:  # a trajectory being published sees either state, never half of it
+            was = self.enabled
+            self.enabled = bool(request.data)
         if not self.enabled:
             self._hold("disabled")
         elif not was:
@@ -623,7 +627,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         )
         if res.suppressed:
             self._suppress(res.suppressed.split(" ")[0], res.suppressed)
-            if res.suppressed != "disabled" and qpos is not None:
+            if res.suppressed != "disabled":
                 self._hold(res.suppressed)
             return None
         for k, n in res.clipped.items():
@@ -657,7 +661,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         safe = self._safe(times, positions, now)
         if safe is None:
             return False
-        self._send_trajectory(times, safe)
+        with self.lock:  # deactivated or disabled while this was computed: nothing goes out
+            if not (self.active and self.enabled):
+                return False
+            self._send_trajectory(times, safe)
         return True
 
     def _send_trajectory(self, times: np.ndarray, positions: np.ndarray) -> None:
@@ -677,6 +684,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.pubs[arm].publish(msg)
         self.commanded_until_ns = int(times[-1])
         self.last_plan = (np.asarray(times, np.int64), np.asarray(positions, np.float64))
+        self.sent_since_stop = True
         self.command_rate.tick()
 
     def _send_interbotix(self, q: np.ndarray) -> None:
@@ -694,25 +702,33 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                     single_cls(name="gripper", cmd=float(off + scale * q[idx["gripper"]]))
                 )
         self.last_plan = (np.array([self._now()], np.int64), np.array(q, np.float64)[None])
+        self.sent_since_stop = True
         self.command_rate.tick()
 
-    def _hold(self, reason: str, fallback: np.ndarray | None = None) -> None:
-        """Command one point at the measured position (or, without a valid measurement, the
-        current command): JTC holds it; Interbotix keeps it."""
-        if self.holding or not self.pubs:
-            return
-        qpos, _ = self._measured()
-        target = qpos if qpos is not None else fallback
-        if target is None:
-            return
-        self.holding = True
-        hold = np.clip(target, self.safety_cfg.position_min, self.safety_cfg.position_max)
-        now = self._now()
-        if self.output == "joint_trajectory":
-            self._send_trajectory(np.array([now + int(1e9 / self.control_rate_hz)]), hold[None])
-        else:
-            self._send_interbotix(hold)
-        self.get_logger().warning(f"holding position: {reason}")
+    def _hold(self, reason: str) -> None:
+        """Stop the arms where they are. JointTrajectoryController gets an empty trajectory on
+        each arm's topic: it drops what it was running and holds the position it has (the
+        measured one may be stale or invalid: that is often why we stop). The Interbotix driver
+        keeps the last command it got, which the safety filter passed: streaming just stops.
+        Sends nothing when nothing this node sent can still be running (never enabled, or
+        stopped already), so a disabled node publishes nothing. The next command starts from
+        the measured state. Call without the lock."""
+        with self.lock:
+            if self.holding or not self.pubs:
+                return
+            self.holding = True
+            sent, self.sent_since_stop = self.sent_since_stop, False
+            self.last_plan = None
+            self.commanded_until_ns = 0
+            if sent and self.output == "joint_trajectory":
+                stamp = ns_to_stamp(self._now())
+                for arm in self.arms:
+                    msg = JointTrajectory()
+                    msg.header = Header(stamp=stamp)
+                    msg.joint_names = list(self.arm_cfg[arm]["joints"])
+                    self.pubs[arm].publish(msg)
+        if sent:
+            self.get_logger().warning(f"stopped, holding position: {reason}")
 
     def _suppress(self, key: str, message: str) -> None:
         self.suppressed[key] += 1
@@ -735,7 +751,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             if cmd is not None:
                 safe = self._safe(np.array([now]), cmd[None], now)
                 if safe is not None:
-                    self._send_interbotix(safe[0])
+                    with self.lock:
+                        if self.active and self.enabled:
+                            self._send_interbotix(safe[0])
             return
         # the watchdog: a trajectory already handed to the controller keeps running, so a stale
         # or invalid input must actively cut it
@@ -745,7 +763,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self._suppress(problem.split(" ")[0], problem)
                 with self.lock:
                     self.executor_.reset()
-                self._hold(problem, fallback=cmd)
+                self._hold(problem)
 
     def _input_problem(self, now: int) -> str | None:
         """Why nothing may be commanded now (the safety filter's watchdog), else None."""

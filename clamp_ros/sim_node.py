@@ -29,8 +29,9 @@ Subscribes
              accelerations are ignored): joint names from the seven above (all six arm joints
              required, the gripper optional), start at header.stamp (zero: now), the arm moves
              from its current command to the first point, holds the last. A valid trajectory
-             replaces the current one; an invalid one is rejected with a logged reason and the
-             arm carries on with what it was doing.
+             replaces the current one; an empty one (no points) stops the arm where it is, as
+             JointTrajectoryController does; an invalid one is rejected with a logged reason
+             and the arm carries on with what it was doing.
 Services
   ~/reset    std_srvs/Trigger: reset the task with the next seed (seed + 1)
   ~/success  std_srvs/Trigger: success = the task's detector has held for 0.2 s in a row this
@@ -463,6 +464,11 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ commands
     def on_trajectory(self, side: str, msg: JointTrajectory) -> None:
+        if not msg.points:  # as JointTrajectoryController: stop and hold where the arm is
+            self.trajectories[side] = None
+            self.command[side] = self._measured_command()[side]
+            self.get_logger().info(f"{side} arm: empty trajectory, stopped and holding")
+            return
         points = [
             (
                 list(p.positions),

@@ -242,18 +242,18 @@ def test_lifecycle_transitions_and_commands(graph, models):
         # measured state (fresh joint states, a point a few control periods ahead at most)
         first = np.array(left[0].points[0].positions)
         assert np.all(np.abs(first - Q0[:7]) <= VMAX[:7] * 0.25)
+        n = robot.count()
         assert robot.transition(Transition.TRANSITION_DEACTIVATE)
         assert robot.state() == "inactive"
-        n = robot.count()
         robot.spin_for(1.5)
         after = [m for _, m in robot.traj["left"][n:]]
-        # at most the one hold command (a single point at the measured position), then nothing
-        assert len(after) <= 1
-        if after:
-            assert len(after[0].points) == 1
-            np.testing.assert_allclose(
-                after[0].points[0].positions, np.clip(Q0[:7], LO[:7], HI[:7]), atol=1e-6
-            )
+        # one stop (an empty trajectory: the controller holds where the arm is), then nothing;
+        # a trajectory from an inference that was still running is never published after it
+        # (trajectories sent before the transition may arrive before the stop)
+        stops = [m for m in after if not m.points]
+        assert len(stops) == 1 and after[-1] is stops[0] and list(stops[0].joint_names) == ARM
+        stop_ns = stamp_to_ns(stops[0].header.stamp)
+        assert all(stamp_to_ns(m.header.stamp) <= stop_ns for m in after)
         assert robot.transition(Transition.TRANSITION_CLEANUP)
         assert robot.state() == "unconfigured"
     finally:
@@ -284,6 +284,9 @@ def test_disabled_until_enabled_then_disable_holds(graph, models):
 
 
 def _motion_end_ns(msg: JointTrajectory) -> int:
+    """When the motion a message asks for ends: its stamp for a stop (no points)."""
+    if not msg.points:
+        return stamp_to_ns(msg.header.stamp)
     last = msg.points[-1].time_from_start
     return stamp_to_ns(msg.header.stamp) + last.sec * 10**9 + last.nanosec
 
@@ -629,5 +632,94 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
             np.testing.assert_array_equal(node._measured_at(T_JS + 45_000_000), np.full(14, 2.0))
             np.testing.assert_array_equal(node._measured_at(T_JS - 1), np.zeros(14))
             np.testing.assert_array_equal(node._measured()[0], np.full(14, 4.0))
+        finally:
+            node.destroy_node()
+
+
+def test_stops_are_empty_trajectories_and_nothing_goes_out_inactive_or_disabled(
+    models, ros_domain_id, tmp_path
+):
+    """Stopping (disable, deactivate, watchdog) sends each arm's controller an empty trajectory
+    (JointTrajectoryController then holds where the arm is), never a position (the measured one
+    may be stale or invalid); a node that never sent anything sends nothing, not even a stop;
+    an inference that finishes after the node was deactivated is never published. In this
+    process, with the node's publishers recording what they are given."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from clamp_ros.policy_node import PolicyNode
+
+    env = child_env(ros_domain_id, tmp_path / "ros_log")
+    with rclpy_session(env, "stop_probe") as probe:
+        params = {
+            "model": str(models / "tiny"),
+            "perception.image_width": VIEW,
+            "perception.image_height": VIEW,
+            "enable": False,
+        }
+        node = PolicyNode(
+            context=probe.context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+        )
+        sent: list[tuple[str, JointTrajectory]] = []
+        ok = TransitionCallbackReturn.SUCCESS
+
+        def fresh() -> int:
+            """Every input just received; returns now."""
+            now = node._now()
+            for i, side in enumerate(("left", "right")):
+                msg = JointState(name=list(ARM), position=[float(v) for v in Q0[7 * i : 7 * i + 7]])
+                msg.header.stamp = ns_to_stamp(now)
+                node.on_joint_state(side, msg)
+            for meter in node.rates.values():
+                meter.tick()
+            node.last_view_rx = time.monotonic()
+            return now
+
+        def infer(stamp: int) -> None:
+            views = np.zeros(node.policy.metadata.views_shape, np.float32)
+            node._infer(node.policy, stamp, views, Q0, stamp, time.perf_counter())
+
+        def take() -> list[JointTrajectory]:
+            out = [m for _, m in sent]
+            sent.clear()
+            return out
+
+        try:
+            assert node.trigger_configure() == ok and node.trigger_activate() == ok
+            for arm in node.arms:
+                node.pubs[arm].publish = lambda m, a=arm: sent.append((a, m))
+            # never enabled: no plan and no stop goes out, whatever happens
+            infer(fresh())
+            node.on_enable(SetBool.Request(data=False), SetBool.Response())
+            assert node.trigger_deactivate() == ok and node.trigger_activate() == ok
+            assert take() == []
+            # enabled: plans go out
+            node.on_enable(SetBool.Request(data=True), SetBool.Response())
+            infer(fresh())
+            msgs = take()
+            assert len(msgs) == 2 and all(len(m.points) > 1 for m in msgs)
+            # deactivated while an inference ran: one stop per arm, the late chunk never follows
+            running = fresh()
+            assert node.trigger_deactivate() == ok
+            stops = take()
+            assert len(stops) == 2 and all(not m.points for m in stops)
+            assert all(list(m.joint_names) == ARM for m in stops)
+            infer(running)  # stamped before the deactivation
+            infer(fresh())  # or after it: the node is inactive
+            assert take() == []
+            # the watchdog: an input goes stale while a trajectory runs -> a stop, no position
+            assert node.trigger_activate() == ok
+            infer(fresh())
+            assert len(take()) == 2
+            node.last_view_rx = time.monotonic() - 10.0
+            node.on_control_tick()
+            stops = take()
+            assert len(stops) == 2 and all(not m.points for m in stops)
+            node.on_control_tick()
+            assert take() == []  # once
+            # disabling after a stop sends nothing more (nothing of ours can be running)
+            node.on_enable(SetBool.Request(data=False), SetBool.Response())
+            assert take() == []
         finally:
             node.destroy_node()

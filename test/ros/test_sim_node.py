@@ -274,6 +274,34 @@ def test_trajectory_moves_the_right_arm_only(sim):
     assert proc.poll() is None
 
 
+def test_empty_trajectory_stops_the_arm_where_it_is(sim):
+    """As JointTrajectoryController: an empty trajectory drops the running one, and the arm
+    holds the position it has (what the policy node sends to stop)."""
+    probe, proc, _, _ = sim
+    side = "right"
+    q0 = np.array(probe.latest(side).position)
+    goal = q0[:6].copy()
+    goal[0] = q0[0] - 0.6
+    probe.send(side, ARM[:6], [(goal, 3.0)])
+
+    def moving():
+        return q0[0] - probe.latest(side).position[0] > 0.1
+
+    probe.spin_until(moving, "the right waist moving")
+    n_logs = len(probe.logs)
+    probe.send(side, ARM, [])
+    probe.spin_until(
+        lambda: any("empty trajectory, stopped" in line for line in probe.logs[n_logs:]),
+        "the stop logged",
+    )
+    stopped = probe.latest(side).position[0]
+    probe.wait_sim_time(1.0)
+    held = probe.latest(side).position[0]
+    assert abs(held - stopped) < 0.02, (held, stopped)
+    assert q0[0] - held < 0.45  # far from the goal it was heading for
+    assert proc.poll() is None
+
+
 @pytest.mark.parametrize(
     "case, needles",
     [
@@ -284,7 +312,6 @@ def test_trajectory_moves_the_right_arm_only(sim):
         ("times_not_increasing", ("time_from_start is not increasing",)),
         ("beyond_limits", ("waist = 4.0000 is outside the joint limits",)),
         ("gripper_beyond_limits", ("gripper = 1.5000 is outside the joint limits",)),
-        ("empty", ("no points",)),
     ],
 )
 def test_invalid_trajectory_is_rejected_and_the_arm_holds(sim, case, needles):
@@ -308,8 +335,6 @@ def test_invalid_trajectory_is_rejected_and_the_arm_holds(sim, case, needles):
         points = [(np.concatenate([[4.0], arm[1:]]), 1.0)]
     elif case == "gripper_beyond_limits":
         names, points = [*ARM, "gripper"], [(np.append(arm, 1.5), 1.0)]
-    elif case == "empty":
-        points = []
     n_logs = len(probe.logs)
     probe.send(side, names, points)
 
