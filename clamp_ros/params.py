@@ -73,14 +73,18 @@ def declare(node: Node, name: str, default, description: str = ""):
     return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
 
 
-def _declare_dataclass(node: Node, prefix: str, obj, skip=("name",)) -> dict:
+def declare_dataclass(node: Node, prefix: str, obj, skip=("name",)) -> dict:
+    """Declare one parameter ``<prefix>.<field>`` per field of the dataclass instance ``obj``
+    (its value the default, its attribute docstring the description), except ``skip`` and
+    private fields; returns {field: value the node was started with}."""
     docs = field_docs(type(obj))
     out = {}
     for f in dataclasses.fields(obj):
         if f.name in skip or f.name.startswith("_"):
             continue
+        v = getattr(obj, f.name)
         out[f.name] = declare(
-            node, f"{prefix}.{f.name}", getattr(obj, f.name), docs.get(f.name, "")
+            node, f"{prefix}.{f.name}", list(v) if isinstance(v, tuple) else v, docs.get(f.name, "")
         )
     return out
 
@@ -89,7 +93,7 @@ def declare_perception_config(node: Node, prefix: str = "perception") -> Percept
     """Declare every PerceptionConfig field under ``prefix`` and build the config from the
     values the node was started with (params file, ``-p`` overrides). Raises ConfigError."""
     defaults = PerceptionConfig()
-    values = _declare_dataclass(node, prefix, defaults, skip=("cameras", "views"))
+    values = declare_dataclass(node, prefix, defaults, skip=("cameras", "views"))
     cam_names = declare(
         node,
         f"{prefix}.camera_names",
@@ -104,13 +108,13 @@ def declare_perception_config(node: Node, prefix: str = "perception") -> Percept
     )
     known_views = {v.name: v for v in default_views()}
     values["cameras"] = [
-        CameraConfig(name=n, **_declare_dataclass(node, f"{prefix}.cameras.{n}", CameraConfig(n)))
+        CameraConfig(name=n, **declare_dataclass(node, f"{prefix}.cameras.{n}", CameraConfig(n)))
         for n in cam_names
     ]
     values["views"] = [
         ViewConfig(
             name=n,
-            **_declare_dataclass(node, f"{prefix}.views.{n}", known_views.get(n, ViewConfig(n))),
+            **declare_dataclass(node, f"{prefix}.views.{n}", known_views.get(n, ViewConfig(n))),
         )
         for n in view_names
     ]

@@ -59,7 +59,7 @@ from clamp_core.policy.safety import SafetyConfig, SafetyFilter, aloha_defaults
 
 from .conversions import ns_to_stamp, stamp_to_ns
 from .graph import share_dir
-from .params import declare, field_docs
+from .params import declare, declare_dataclass, field_docs
 from .perception_node import PerceptionFrontend
 from .util import KeyedThrottle, LatencyStats, RateMeter, run_node
 
@@ -163,7 +163,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.safety_cfg = self._safety_config()
         # one chunk age limit: the executor drops chunks at the age the safety filter refuses them
         self.exec_cfg = ExecutionConfig(
-            **self._declare_fields("execution", ExecutionConfig(), skip=("max_chunk_age_s",)),
+            **declare_dataclass(self, "execution", ExecutionConfig(), skip=("max_chunk_age_s",)),
             max_chunk_age_s=self.safety_cfg.max_chunk_age_s,
         )
         self.safety = SafetyFilter(self.safety_cfg)
@@ -216,23 +216,6 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.cmd_group = MutuallyExclusiveCallbackGroup()
 
     # ------------------------------------------------------------------ parameters
-    def _declare_fields(self, prefix: str, obj, skip: tuple[str, ...] = ()) -> dict:
-        import dataclasses
-
-        docs = field_docs(type(obj))
-        out = {}
-        for f in dataclasses.fields(obj):
-            if f.name in skip:
-                continue
-            v = getattr(obj, f.name)
-            out[f.name] = declare(
-                self,
-                f"{prefix}.{f.name}",
-                list(v) if isinstance(v, tuple) else v,
-                docs.get(f.name, ""),
-            )
-        return out
-
     def _safety_config(self) -> SafetyConfig:
         base = aloha_defaults()
         docs = field_docs(SafetyConfig)

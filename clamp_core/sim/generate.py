@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..aloha import GRIPPER_INDICES
 from ..data.episode import (
     CameraCalib,
     EpisodeMeta,
@@ -92,7 +93,7 @@ def _rollout(
     if rest_steps > 0:  # not recorded: the episode starts from the rested arms
         start = sim.qpos14().copy()
         if start_jitter > 0:
-            arm = [i for i in range(14) if i not in (6, 13)]
+            arm = [i for i in range(len(start)) if i not in GRIPPER_INDICES]
             rng = np.random.default_rng([seed, 1])  # apart from the expert's stream
             start[arm] += rng.uniform(-start_jitter, start_jitter, len(arm))
         for _ in range(rest_steps):
