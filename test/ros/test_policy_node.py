@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -581,6 +582,24 @@ def test_bench_e2e_json_reports_latency_and_its_split(ros_domain_id, tmp_path):
 T_JS = 1_800_000_000_000_000_000
 
 
+def _policy_node_in_process(probe, model: Path, enable: bool):
+    """A PolicyNode in this process, in ``probe``'s context, with small views (unconfigured)."""
+    from rclpy.parameter import Parameter
+
+    from clamp_ros.policy_node import PolicyNode
+
+    params = {
+        "model": str(model),
+        "perception.image_width": VIEW,
+        "perception.image_height": VIEW,
+        "enable": enable,
+    }
+    return PolicyNode(
+        context=probe.context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+    )
+
+
 def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_domain_id, tmp_path):
     """An episode boundary (disable, reset the scene, enable): an observation stamped before the
     enable, or an inference that was running on one, never becomes a plan, and the next command
@@ -588,22 +607,10 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
     given to the policy is the one stamped with its images. The node runs in this process so
     the test can hand it observations with chosen stamps."""
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-
-    from clamp_ros.policy_node import PolicyNode
 
     env = child_env(ros_domain_id, tmp_path / "ros_log")
     with rclpy_session(env, "restart_probe") as probe:
-        params = {
-            "model": str(models / "tiny"),
-            "perception.image_width": VIEW,
-            "perception.image_height": VIEW,
-            "enable": True,
-        }
-        node = PolicyNode(
-            context=probe.context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
-        )
+        node = _policy_node_in_process(probe, models / "tiny", enable=True)
         try:
             ok = TransitionCallbackReturn.SUCCESS
             assert node.trigger_configure() == ok and node.trigger_activate() == ok
@@ -645,22 +652,10 @@ def test_stops_are_empty_trajectories_and_nothing_goes_out_inactive_or_disabled(
     an inference that finishes after the node was deactivated is never published. In this
     process, with the node's publishers recording what they are given."""
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-
-    from clamp_ros.policy_node import PolicyNode
 
     env = child_env(ros_domain_id, tmp_path / "ros_log")
     with rclpy_session(env, "stop_probe") as probe:
-        params = {
-            "model": str(models / "tiny"),
-            "perception.image_width": VIEW,
-            "perception.image_height": VIEW,
-            "enable": False,
-        }
-        node = PolicyNode(
-            context=probe.context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
-        )
+        node = _policy_node_in_process(probe, models / "tiny", enable=False)
         sent: list[tuple[str, JointTrajectory]] = []
         ok = TransitionCallbackReturn.SUCCESS
 
