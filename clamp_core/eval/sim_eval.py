@@ -137,7 +137,12 @@ def evaluate(
                     True,
                     previous=previous,
                 )
-                action = previous = res.positions[0]
+                if res.ok:
+                    action = previous = res.positions[0]
+                else:  # stopped, as the node: hold where the arm is, plan from there again
+                    action, previous = res.hold_position, None
+                    key = "suppressed " + res.suppressed.split(":")[0]
+                    clipped[key] = clipped.get(key, 0) + 1
                 for k, n in res.clipped.items():
                     clipped[k] = clipped.get(k, 0) + n
             if trace:

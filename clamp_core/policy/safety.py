@@ -72,6 +72,19 @@ class SafetyConfig:
     measured state by max_velocity x (tracking_lag_s + time since the measurement). The sim's
     experts lead it by up to 0.12 rad (wrist) and squeeze the gripper 0.5 past contact; a
     limit of one control period (0.06 rad) cut a Drawer Open policy's success by half."""
+    measured_tolerance: float = 0.05
+    """A measured arm joint further than this outside its position limits is implausible (a
+    wrong reading, not the arm): commands stop until plausible states return, rad."""
+    gripper_measured_tolerance: float = 0.5
+    """The same for grippers, normalised units: fingers squeezing an object or pushed open
+    read past 0 and 1 (the sim's: -0.30 .. 1.17 in 40 Drawer Open episodes)."""
+    measured_speed_factor: float = 4.0
+    """A measured joint that moved faster than max_velocity x this between two joint states
+    (plus ``measured_noise``) is implausible. Physics and controllers overshoot the command's
+    limit briefly (the sim's arms: up to 10 rad/s over one 20 ms step, 3.2 x pi); a 2.5 rad
+    jump in one message is 30 x."""
+    measured_noise: float = 0.05
+    """Measurement noise allowed on top of the speed bound, units as the limits."""
 
     def __post_init__(self):
         if isinstance(self.joint_names, str) or len(self.joint_names) == 0:
@@ -126,7 +139,16 @@ class SafetyConfig:
                 f"gripper_min/gripper_max [{self.gripper_min}, {self.gripper_max}] do not overlap "
                 f"position_min/position_max of {bad}; make the two ranges overlap"
             )
-        for name in ("max_input_age_s", "max_chunk_age_s", "control_period_s", "tracking_lag_s"):
+        for name in (
+            "max_input_age_s",
+            "max_chunk_age_s",
+            "control_period_s",
+            "tracking_lag_s",
+            "measured_tolerance",
+            "gripper_measured_tolerance",
+            "measured_speed_factor",
+            "measured_noise",
+        ):
             v = getattr(self, name)
             if (
                 isinstance(v, bool)
@@ -140,6 +162,13 @@ class SafetyConfig:
                 f"({self.control_period_s} s): an arm trails its command by at least one control "
                 "period; raise tracking_lag_s"
             )
+
+    def measured_tolerances(self) -> np.ndarray:
+        """(A,) how far outside the limits a measured position may read: measured_tolerance,
+        gripper_measured_tolerance on the gripper columns."""
+        tol = np.full(len(self.joint_names), float(self.measured_tolerance))
+        tol[list(self.gripper_indices)] = float(self.gripper_measured_tolerance)
+        return tol
 
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Effective position limits (lo (A,), hi (A,)) float64: position_min/max, with the
@@ -305,14 +334,30 @@ class SafetyFilter:
         for k in range(len(times)):
             step_max = self.max_velocity * dt_s[k]
             lead = self.max_velocity * (self.cfg.tracking_lag_s + since_m[k])
-            d = target[k] - prev
-            fast = np.abs(d) > step_max
+            # the velocity bound is around the point before (the invariant); the lead bound
+            # narrows it, never widens it. The lead only grows along a plan, so the two can only
+            # be disjoint at the first point: the command the controller follows is further from
+            # the measured state than the arm can trail it (a blocked arm, or a wrong
+            # measurement). Then the plan stops here: no point may jump to either bound.
+            lo_k = np.maximum(prev - step_max, hold - lead)
+            hi_k = np.minimum(prev + step_max, hold + lead)
+            if (lo_k > hi_k).any():
+                j = int(np.argmax(np.abs(prev - hold) - lead))
+                return suppress(
+                    f"measured joint state disagrees with the plan: "
+                    f"{self.cfg.joint_names[j]} measured {hold[j]:.3f}, commanded "
+                    f"{prev[j]:.3f} (at most {lead[j]:.3f} + one step apart)"
+                )
+            changed = (np.abs(target[k] - prev) > step_max) | (np.abs(target[k] - hold) > lead)
             # untouched values are passed through bit for bit (identity on safe input)
-            v = np.where(fast, prev + np.clip(d, -step_max, step_max), target[k])
-            ahead = np.abs(v - hold) > lead
-            out[k] = np.where(ahead, np.clip(v, hold - lead, hold + lead), v)
-            clipped[VELOCITY_LIMIT] += int(np.count_nonzero(fast & ~ahead))
-            clipped[LEAD_LIMIT] += int(np.count_nonzero(ahead))
+            out[k] = np.where(changed, np.clip(target[k], lo_k, hi_k), target[k])
+            # which bound held it: the tighter one on the side it was clipped
+            up = target[k] > hi_k
+            by_velocity = np.where(
+                up, prev + step_max <= hold + lead, prev - step_max >= hold - lead
+            )
+            clipped[VELOCITY_LIMIT] += int(np.count_nonzero(changed & by_velocity))
+            clipped[LEAD_LIMIT] += int(np.count_nonzero(changed & ~by_velocity))
             prev = out[k]
         return SafetyResult(out, None, clipped, hold)
 
@@ -351,6 +396,15 @@ class SafetyFilter:
         if not finite.all():
             bad = [n for n, ok in zip(self.cfg.joint_names, finite) if not ok]
             return f"measured joint state non-finite ({', '.join(bad)})"
+        tol = self.cfg.measured_tolerances()
+        out = (measured < self.lo - tol) | (measured > self.hi + tol)
+        if out.any():
+            j = int(np.argmax(out))
+            return (
+                f"measured joint state implausible: {self.cfg.joint_names[j]} at "
+                f"{measured[j]:.4g}, outside [{self.lo[j]:.3f}, {self.hi[j]:.3f}] by more "
+                f"than {tol[j]}"
+            )
         max_age = self.cfg.max_input_age_s
         stale = []
         m_age = (now - m_stamp) * 1e-9
@@ -372,6 +426,124 @@ class SafetyFilter:
             stale.sort(key=lambda x: -x[0])  # the oldest first
             return "; ".join(text for _, text in stale)
         return None
+
+
+@dataclass
+class JointStateCheck:
+    """The verdict on one joint state message. ``positions`` is set when it is believed;
+    ``problem`` says why it was rejected (commands must stop until a plausible one comes);
+    both None: ignored (out of order), neither believed nor a reason to stop."""
+
+    positions: np.ndarray | None
+    """(n,) float64 positions in the order of the source's joints, or None."""
+    problem: str | None
+
+
+class MeasuredStateValidator:
+    """Believes a joint state only if it could describe the arm. A measured state is an input
+    to validate, not a target: a message whose names repeat a joint or lack one, with a
+    non-finite position, a joint further than ``measured_tolerance`` outside its limits, or a
+    joint that moved faster than the arm can since the last believed state is rejected, with a
+    reason. Each source (an arm's joint state topic) is checked against its own last believed
+    state; a rejected message leaves that reference where it was, so one bogus message is
+    caught whatever follows it, and plausible states are believed again as soon as they
+    return. Pure logic: the node feeds it messages, replay feeds it recorded ones."""
+
+    def __init__(
+        self,
+        cfg: SafetyConfig,
+        sources: Mapping[str, Sequence[tuple[str, int]]],
+        time_reset_s: float = 1.0,
+    ):
+        """``sources``: source name -> (joint name in its messages, column of
+        ``cfg.joint_names``) per joint it must deliver; ``time_reset_s``: a stamp this far
+        behind the last believed one is a clock reset (forget the reference), a smaller step
+        back an out-of-order message (ignored)."""
+        self.cfg = cfg
+        lo, hi = cfg.limits()
+        vmax = np.array(cfg.max_velocity, np.float64)
+        tol = cfg.measured_tolerances()
+        self._sources = {}
+        for name, joints in sources.items():
+            cols = [int(c) for _, c in joints]
+            if any(not 0 <= c < len(cfg.joint_names) for c in cols):
+                raise ValueError(f"sources['{name}']: columns must index joint_names, got {cols}")
+            self._sources[name] = (
+                [str(j) for j, _ in joints],
+                lo[cols],
+                hi[cols],
+                vmax[cols],
+                tol[cols],
+            )
+        self.reset_ns = int(time_reset_s * 1e9)
+        self._last: dict[str, tuple[int, np.ndarray]] = {}
+
+    def reset(self) -> None:
+        """Forget every reference state (a new episode, a clock reset)."""
+        self._last.clear()
+
+    def check(self, source: str, names: Sequence[str], positions, stamp_ns: int) -> JointStateCheck:
+        """Validate one message of ``source`` (its ``name`` and ``position`` fields and its
+        stamp); reasons name the source and the joint and are short whatever the message
+        holds."""
+        joints, lo, hi, vmax, tol = self._sources[source]
+        stamp = _stamp("stamp_ns", stamp_ns)
+        names = [str(n) for n in names]
+        if len(positions) != len(names):
+            return JointStateCheck(
+                None, f"{source}: {len(names)} names but {len(positions)} positions"
+            )
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        dup = next((n for n in names if counts[n] > 1), None)
+        if dup is not None:
+            return JointStateCheck(
+                None, f"{source}: joint '{_short(dup)}' appears {counts[dup]} times"
+            )
+        missing = [j for j in joints if j not in counts]
+        if missing:
+            return JointStateCheck(
+                None,
+                f"{source}: missing joints {missing} (has {_short(', '.join(names), 120)})",
+            )
+        index = {n: i for i, n in enumerate(names)}
+        try:
+            pos = np.array([float(positions[index[j]]) for j in joints], np.float64)
+        except (TypeError, ValueError):
+            return JointStateCheck(None, f"{source}: positions are not numbers")
+        finite = np.isfinite(pos)
+        if not finite.all():
+            j = int(np.argmin(finite))
+            return JointStateCheck(None, f"{source}: {joints[j]} position is {pos[j]}")
+        out = (pos < lo - tol) | (pos > hi + tol)
+        if out.any():
+            j = int(np.argmax(out))
+            return JointStateCheck(
+                None,
+                f"{source}: {joints[j]} at {pos[j]:.4g}, outside its limits "
+                f"[{lo[j]:.3f}, {hi[j]:.3f}] by more than {tol[j]}",
+            )
+        last = self._last.get(source)
+        if last is not None:
+            last_stamp, last_pos = last
+            if stamp < last_stamp - self.reset_ns:
+                last = None  # the clock was reset: nothing to compare with
+            elif stamp < last_stamp:
+                return JointStateCheck(None, None)  # out of order: the newer one stands
+        if last is not None:
+            dt_s = (stamp - last[0]) * 1e-9
+            bound = vmax * self.cfg.measured_speed_factor * dt_s + self.cfg.measured_noise
+            jump = np.abs(pos - last[1])
+            if (jump > bound).any():
+                j = int(np.argmax(jump - bound))
+                return JointStateCheck(
+                    None,
+                    f"{source}: {joints[j]} moved {jump[j]:.3f} in {dt_s * 1e3:.0f} ms since the "
+                    f"last plausible state (the arm can move at most {bound[j]:.3f})",
+                )
+        self._last[source] = (stamp, pos)
+        return JointStateCheck(pos, None)
 
 
 class Watchdog:
@@ -415,6 +587,11 @@ class Watchdog:
     def reset(self) -> None:
         """Forget every stamp (time jumped backwards, or a new episode)."""
         self._stamps.clear()
+
+
+def _short(text: str, n: int = 40) -> str:
+    """``text`` cut to ``n`` characters for a log line (names can come from any publisher)."""
+    return text if len(text) <= n else f"{text[: n - 3]}..."
 
 
 def _is_real(a: np.ndarray) -> bool:

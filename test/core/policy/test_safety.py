@@ -12,6 +12,7 @@ from clamp_core.policy.safety import (
     GRIPPER_MAX_VELOCITY,
     VX300S_JOINT_RANGES,
     VX300S_MAX_VELOCITY,
+    MeasuredStateValidator,
     SafetyConfig,
     SafetyFilter,
     Watchdog,
@@ -251,27 +252,33 @@ def test_first_point_moves_over_at_least_one_control_period():
 
 def test_with_a_previous_command_steps_and_lead_stay_bounded():
     """From the command the controller follows: no step faster than vmax (the first over one
-    period), except a pull back to the lead bound, and never further than vmax x (lag + time
-    since the measurement) from the measured state."""
+    period from it), never further than vmax x (lag + time since the measurement) from the
+    measured state; where the two bounds cannot both hold, a stop that names the joint."""
     f = SafetyFilter(CFG)
     lag, period = CFG.tracking_lag_s, CFG.control_period_s
+    stops = 0
     for seed in range(300):
         rng = np.random.default_rng(6000 + seed)
         times, positions, measured = random_case(rng, scale=float(rng.choice([0.5, 1.5, 20.0])))
         previous = np.clip(measured + rng.normal(0, float(rng.choice([0.05, 0.5])), A), LO, HI)
         res = run(f, times, positions, measured, now=int(times[0]), previous=previous)
-        assert res.ok, res.suppressed
-        out = res.positions
-        assert (out >= LO).all() and (out <= HI).all()
         since = np.maximum((times - T0) / 1e9, 0.0)
         lead = VMAX * (lag + since[:, None])
+        if not res.ok:
+            stops += 1
+            assert res.suppressed.startswith("measured joint state disagrees with the plan")
+            far = np.abs(previous - measured) > lead[0] + VMAX * period
+            named = res.suppressed.split(": ")[1].split(" ")[0]
+            assert far[CFG.joint_names.index(named)]
+            continue
+        out = res.positions
+        assert (out >= LO).all() and (out <= HI).all()
         assert (np.abs(out - measured) <= lead * (1 + 1e-9) + 1e-12).all()
-        first = np.abs(out[0] - previous) <= VMAX * period * (1 + 1e-9) + 1e-12
-        on_bound = np.isclose(np.abs(out[0] - measured), lead[0], rtol=1e-9, atol=1e-12)
-        assert (first | on_bound).all()
+        assert (np.abs(out[0] - previous) <= VMAX * period * (1 + 1e-9) + 1e-12).all()
         for k in range(1, len(times)):
             dt = (int(times[k]) - int(times[k - 1])) / 1e9
             assert (np.abs(out[k] - out[k - 1]) <= VMAX * dt * (1 + 1e-9) + 1e-12).all()
+    assert 0 < stops < 300  # both branches were exercised
 
 
 def test_an_arm_trailing_its_command_keeps_its_plan():
@@ -295,29 +302,74 @@ def test_an_arm_trailing_its_command_keeps_its_plan():
     assert res.positions[0, 6] == pytest.approx(0.4 - 5.0 * 0.02)
 
 
-def test_an_arm_that_stopped_following_is_not_pushed_further():
+def test_an_arm_that_stopped_following_is_eased_back_or_stopped_never_jumped():
     f = SafetyFilter(CFG)
     measured = np.zeros(A)
+    lead = VMAX[1] * CFG.tracking_lag_s
+    step = VMAX[1] * CFG.control_period_s
+    # the shoulder's command is a little past the lead bound: it eases back by one step
     previous = np.zeros(A)
-    previous[1] = 1.0  # the shoulder's command is 1 rad ahead: the arm is blocked
+    previous[1] = lead + 0.5 * step
     res = run(f, [T0], np.tile(previous, (1, 1)), measured, previous=previous)
-    assert res.positions[0, 1] == pytest.approx(VMAX[1] * CFG.tracking_lag_s)
+    assert res.positions[0, 1] == pytest.approx(lead)
+    assert abs(res.positions[0, 1] - previous[1]) <= step
     assert res.clipped == {"position_limit": 0, "velocity_limit": 0, "lead_limit": 1}
+    # 1 rad ahead (blocked, or the measurement is wrong): pulling it back would be a jump
+    # (the old filter commanded 0.69 rad in 20 ms here); it stops instead
+    previous[1] = 1.0
+    res = run(f, [T0], np.tile(previous, (1, 1)), measured, previous=previous)
+    assert res.positions is None
+    assert res.suppressed == (
+        "measured joint state disagrees with the plan: left_shoulder measured 0.000, "
+        f"commanded 1.000 (at most {lead:.3f} + one step apart)"
+    )
+    np.testing.assert_array_equal(res.hold_position, measured)
     # a non-finite or missing previous command falls back to the measured state
     for prev in (np.full(A, np.nan), None):
         res = run(f, [T0], np.tile(previous, (1, 1)), measured, previous=prev)
-        assert res.positions[0, 1] == pytest.approx(VMAX[1] * CFG.control_period_s)
+        assert res.positions[0, 1] == pytest.approx(step)
+
+
+def test_a_wrong_measured_state_never_drags_the_command_past_the_velocity_limit():
+    """The reported defect: the arm follows its plan at 0, a finite but wrong measurement
+    (2.5 rad, 3.3 rad, 1e3 rad) arrives; the old filter clipped the velocity first and the
+    lead bound after, around the wrong state, and commanded a 2.1-2.8 rad step."""
+    f = SafetyFilter(CFG)
+    previous = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+    times = T0 + 20 * MS * np.arange(1, 51)
+    plan = np.tile(previous, (50, 1))
+    for wrong in (2.5, 3.3, 1e3, -1e3):
+        measured = previous.copy()
+        measured[0] = wrong
+        res = run(f, times, plan, measured, previous=previous)
+        assert res.positions is None, wrong
+        assert "left_waist" in res.suppressed
 
 
 def test_measured_state_beyond_a_limit_counts_as_at_the_limit():
     f = SafetyFilter(CFG)
+    tol = CFG.measured_tolerances()
     for seed in range(100):
         rng = np.random.default_rng(3000 + seed)
         times, positions, _ = random_case(rng, scale=2.0)
-        measured = rng.uniform(LO - 0.1, HI + 0.1)
+        measured = rng.uniform(LO - 0.99 * tol, HI + 0.99 * tol)
         res = run(f, times, positions, measured, now=int(times[0]))
         np.testing.assert_array_equal(res.hold_position, np.clip(measured, LO, HI))
         check_limits(res.positions, times, res.hold_position)
+
+
+def test_a_measured_state_well_beyond_a_limit_is_implausible_and_suppresses():
+    f = SafetyFilter(CFG)
+    measured = np.zeros(A)
+    for col, value in ((0, 3.3), (1, -1e3), (6, 1.6), (13, -0.6)):
+        m = measured.copy()
+        m[col] = value
+        res = run(f, [T0 + 20 * MS], np.zeros((1, A)), m)
+        assert res.positions is None
+        assert res.suppressed.startswith(
+            f"measured joint state implausible: {CFG.joint_names[col]} at {value:.4g}, outside"
+        )
+        assert f.input_problem(m, T0, {}, T0) == res.suppressed
 
 
 # ------------------------------------------------------------------------------ suppression
@@ -520,3 +572,167 @@ def test_watchdog_reports_stale_inputs_oldest_first():
     assert wd.stamps == {"cam_high": None, "joint_states": None, "tf": None}
     with pytest.raises(ValueError, match="max_age_s"):
         Watchdog(0.0)
+
+
+# ------------------------------------------------------------------------------ measured state
+ARM_JOINTS = [
+    "waist",
+    "shoulder",
+    "elbow",
+    "forearm_roll",
+    "wrist_angle",
+    "wrist_rotate",
+    "gripper",
+]
+SOURCES = {
+    arm: [(j, 7 * i + k) for k, j in enumerate(ARM_JOINTS)]
+    for i, arm in enumerate(("left", "right"))
+}
+REST = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5])
+
+
+def _validator(**kw):
+    return MeasuredStateValidator(aloha_defaults(**kw), SOURCES)
+
+
+def test_plausible_joint_states_are_believed_in_their_joint_order():
+    v = _validator()
+    names = list(reversed(ARM_JOINTS)) + ["extra_joint"]
+    pos = list(reversed(REST.tolist())) + [123.0]  # joints a source does not need are ignored
+    r = v.check("left", names, pos, T0)
+    assert r.problem is None
+    np.testing.assert_array_equal(r.positions, REST)
+    # moving at the arm's speed is plausible
+    r = v.check("left", ARM_JOINTS, REST + VMAX[:7] * 0.02, T0 + 20 * MS)
+    assert r.problem is None and r.positions is not None
+
+
+@pytest.mark.parametrize(
+    "names, positions, problem",
+    [
+        (ARM_JOINTS, REST[:6], "left: 7 names but 6 positions"),
+        (["waist", *ARM_JOINTS], [2.5, *REST], "left: joint 'waist' appears 2 times"),
+        (ARM_JOINTS[1:], REST[1:], "left: missing joints ['waist']"),
+        (ARM_JOINTS, [np.nan, *REST[1:]], "left: waist position is nan"),
+        (ARM_JOINTS, [1e3, *REST[1:]], "left: waist at 1000, outside its limits [-3.142, 3.142]"),
+        (ARM_JOINTS, [3.3, *REST[1:]], "left: waist at 3.3, outside its limits [-3.142, 3.142]"),
+        (ARM_JOINTS, [*REST[:6], 1.7], "left: gripper at 1.7, outside its limits [0.000, 1.000]"),
+        (["x" * 100_000], [0.0], "left: missing joints ['waist', 'shoulder', 'elbow',"),
+    ],
+)
+def test_implausible_joint_states_are_rejected_with_a_short_named_reason(names, positions, problem):
+    r = _validator().check("left", names, positions, T0)
+    assert r.positions is None
+    assert r.problem.startswith(problem)
+    assert len(r.problem) < 300  # whatever the message holds
+
+
+def test_a_jump_faster_than_the_arm_is_rejected_until_plausible_states_return():
+    v = _validator()
+    assert v.check("left", ARM_JOINTS, REST, T0).problem is None
+    jumped = REST.copy()
+    jumped[0] = 2.5
+    r = v.check("left", ARM_JOINTS, jumped, T0 + 20 * MS)
+    assert r.positions is None
+    assert r.problem.startswith("left: waist moved 2.500 in 20 ms since the last plausible state")
+    # the bogus message does not become the reference: the true state is believed again
+    assert v.check("left", ARM_JOINTS, REST, T0 + 40 * MS).problem is None
+    # a second jump from the true state is caught again
+    assert v.check("left", ARM_JOINTS, jumped, T0 + 60 * MS).problem is not None
+    # arms are checked independently
+    assert v.check("right", ARM_JOINTS, jumped, T0 + 60 * MS).problem is None
+
+
+def test_out_of_order_states_are_ignored_and_a_clock_reset_forgets_the_reference():
+    v = _validator()
+    assert v.check("left", ARM_JOINTS, REST, T0).problem is None
+    r = v.check("left", ARM_JOINTS, REST, T0 - 10 * MS)
+    assert r.positions is None and r.problem is None
+    far = REST.copy()
+    far[0] = 2.0
+    r = v.check("left", ARM_JOINTS, far, T0 - 5 * 10**9)  # time went back 5 s: a new start
+    assert r.problem is None
+    np.testing.assert_array_equal(r.positions, far)
+
+
+def test_property_no_command_breaks_the_invariants_whatever_the_measured_states():
+    """The node's loop in pure logic: random joint state messages (plausible, duplicated names,
+    jumps, out of limits, huge, NaN) through the validator, random chunks through the filter,
+    commands following the last one sent. Every point sent is within the position limits and
+    within max_velocity x dt of the point before it on the plan the controller follows (the
+    last command, or the measured state when nothing was commanded); otherwise it is a stop."""
+    cfg = aloha_defaults()
+    f = SafetyFilter(cfg)
+    sent = stops = rejected = 0
+    for seed in range(60):
+        rng = np.random.default_rng(9000 + seed)
+        v = MeasuredStateValidator(cfg, SOURCES)
+        true_q = np.tile(REST, 2)
+        believed: np.ndarray | None = None
+        believed_stamp = None
+        last_plan = None  # (times, positions) the controller follows
+        for step in range(60):
+            now = T0 + step * 20 * MS
+            true_q = np.clip(true_q + rng.normal(0, 0.01, A), LO, HI)
+            for i, arm in enumerate(("left", "right")):
+                q = true_q[7 * i : 7 * i + 7].copy()
+                names = list(ARM_JOINTS)
+                kind = rng.choice(["ok"] * 6 + ["dup", "jump", "beyond", "huge", "nan"])
+                if kind == "dup":
+                    names = [names[0], *names]
+                    q = np.concatenate([[rng.uniform(-3, 3)], q])
+                elif kind == "jump":
+                    q[int(rng.integers(7))] += rng.choice([-1, 1]) * rng.uniform(0.3, 3)
+                elif kind == "beyond":
+                    q[0] = rng.choice([-1, 1]) * rng.uniform(3.2, 4.0)
+                elif kind == "huge":
+                    q[int(rng.integers(7))] = rng.choice([-1, 1]) * 1e3
+                elif kind == "nan":
+                    q[int(rng.integers(7))] = np.nan
+                r = v.check(arm, names, q, now)
+                if r.problem is not None:
+                    rejected += 1
+                    believed = None  # the node stops commanding until plausible again
+                elif r.positions is not None:
+                    if believed is None:
+                        believed = np.full(A, np.nan)
+                    believed[7 * i : 7 * i + 7] = r.positions
+                    believed_stamp = now
+            chunk_t = now + 20 * MS * np.arange(1, int(rng.integers(2, 50)))
+            chunk = true_q + rng.normal(0, float(rng.choice([0.01, 0.3, 5.0])), (len(chunk_t), A))
+            previous = None
+            if last_plan is not None:
+                lt, lp = last_plan
+                i = min(int(np.searchsorted(lt, chunk_t[0], side="right")), len(lt) - 1)
+                previous = lp[i]
+            res = f.filter(
+                chunk_t,
+                chunk,
+                believed,
+                believed_stamp,
+                {},
+                now,
+                True,
+                previous=previous,
+            )
+            if not res.ok:
+                stops += 1
+                last_plan = None
+                continue
+            out = res.positions
+            assert (out >= LO).all() and (out <= HI).all()
+            start = previous if previous is not None else np.clip(believed, LO, HI)
+            dt0 = (
+                cfg.control_period_s
+                if previous is not None
+                else max((int(chunk_t[0]) - max(believed_stamp, now)) / 1e9, cfg.control_period_s)
+            )
+            steps = np.abs(np.diff(np.vstack([start, out]), axis=0))
+            dts = np.concatenate([[dt0], np.diff(chunk_t) / 1e9])
+            assert (steps <= VMAX * dts[:, None] * (1 + 1e-9) + 1e-12).all()
+            # the plan the controller follows never leads the believed state beyond the bound
+            since = np.maximum((chunk_t - believed_stamp) / 1e9, 0)[:, None]
+            assert (np.abs(out - np.clip(believed, LO, HI)) <= VMAX * (0.1 + since) + 1e-9).all()
+            last_plan = (chunk_t, out)
+            sent += 1
+    assert sent > 500 and stops > 50 and rejected > 500
