@@ -14,8 +14,19 @@ from clamp_core.geometry.tf_buffer import TfBuffer
 from clamp_core.geometry.transforms import Transform
 
 
+class MalformedStampError(ValueError):
+    """A header stamp no clock can produce (nanosec >= 1e9, or before 1970)."""
+
+
 def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    """Stamp -> integer ns; raises MalformedStampError instead of interpreting a malformed one (a
+    nanosec of 4e9 would read as +4 s, then look like a clock jump)."""
+    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
+    if not 0 <= nanosec < 1_000_000_000:
+        raise MalformedStampError(f"malformed stamp: nanosec {nanosec} is not in [0, 1e9)")
+    if sec < 0:
+        raise MalformedStampError(f"malformed stamp: sec {sec} is before 1970")
+    return sec * 1_000_000_000 + nanosec
 
 
 def ns_to_stamp(ns: int) -> Time:
@@ -75,8 +86,12 @@ def transform_msg(parent: str, child: str, stamp_ns: int, t: Transform) -> Trans
     return msg
 
 
-def add_transforms(buffer: TfBuffer, transforms, static: bool) -> list[str]:
-    """Insert TransformStamped messages; returns one error string per rejected transform."""
+def add_transforms(
+    buffer: TfBuffer, transforms, static: bool, now_ns: int | None = None
+) -> list[str]:
+    """Insert TransformStamped messages; returns one error string per rejected transform.
+    ``now_ns``: the receiving node's clock; transforms stamped implausibly far from it are
+    refused (see TfBuffer.set_transform)."""
     errors = []
     for t in transforms:
         try:
@@ -86,10 +101,17 @@ def add_transforms(buffer: TfBuffer, transforms, static: bool) -> list[str]:
                 stamp_to_ns(t.header.stamp),
                 transform_from_msg(t),
                 static=static,
+                now_ns=now_ns,
             )
         except ValueError as e:
-            errors.append(f"tf '{t.header.frame_id}' -> '{t.child_frame_id}': {e}")
+            parent, child = _short(t.header.frame_id), _short(t.child_frame_id)
+            errors.append(f"tf '{parent}' -> '{child}': {e}")
     return errors
+
+
+def _short(text: str, n: int = 64) -> str:
+    """A frame id (any publisher's string) cut for a log line."""
+    return text if len(text) <= n else f"{text[: n - 3]}..."
 
 
 _CLOUD_FIELDS = [

@@ -55,7 +55,13 @@ from clamp_core.policy.runtime import (
     PolicyObservation,
     PolicyOutputError,
 )
-from clamp_core.policy.safety import SafetyConfig, SafetyFilter, aloha_defaults
+from clamp_core.policy.safety import (
+    JointStateCheck,
+    MeasuredStateValidator,
+    SafetyConfig,
+    SafetyFilter,
+    aloha_defaults,
+)
 
 from .conversions import ns_to_stamp, stamp_to_ns
 from .graph import share_dir
@@ -173,6 +179,17 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.active = False
         self.lock = threading.Lock()
         self.joint_index = self._joint_index()
+        # joint states are inputs to validate, not targets: each arm's messages are checked
+        # (names, limits, speed) before the node believes them
+        self.qpos_check = MeasuredStateValidator(
+            self.safety_cfg,
+            {
+                arm: [(j, self.joint_index[(arm, j)]) for j in self.arm_cfg[arm]["joints"]]
+                for arm in self.arms
+            },
+            time_reset_s=self.time_reset_s_policy,
+        )
+        self.qpos_problem: dict[str, str | None] = {arm: None for arm in self.arms}
         self.qpos = np.full(len(self.joint_names), np.nan)
         self.qpos_arm_ns = {arm: None for arm in self.arms}
         self.qpos_arm_rx = {arm: None for arm in self.arms}
@@ -229,6 +246,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "max_input_age_s",
             "max_chunk_age_s",
             "tracking_lag_s",
+            "measured_tolerance",
+            "gripper_measured_tolerance",
+            "measured_overshoot_s",
+            "measured_noise",
         ):
             v = getattr(base, name)
             v = [float(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
@@ -313,6 +334,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         with self.lock:
             self._restart(self._now())
+            self.qpos_check.reset()
             self.active = True
             self.holding = False
         self.get_logger().info("active: inference running")
@@ -344,7 +366,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.enabled = bool(request.data)
         if not self.enabled:
             self._hold("disabled")
-        elif not was:
+        else:  # the operator vouches for the arm: joint states are judged afresh
+            with self.lock:
+                self.qpos_check.reset()
+        if self.enabled and not was:
             with self.lock:  # a fresh start: nothing planned before the pause is replayed
                 self._restart(self._now())
                 self.holding = False
@@ -373,32 +398,33 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             raise ConfigError(f"output '{self.output}' must be joint_trajectory or interbotix")
 
     def on_joint_state(self, arm: str, msg: JointState) -> None:
-        names = list(msg.name)
-        want = self.arm_cfg[arm]["joints"]
-        missing = [j for j in want if j not in names]
-        if missing or len(msg.position) != len(names):
-            self.suppressed["bad_joint_states"] += 1
-            return self.error(
-                (arm, "joint_states"),
-                f"{arm} joint_states: missing joints {missing} (has {names})"
-                if missing
-                else f"{arm} joint_states: {len(names)} names but {len(msg.position)} positions",
-            )
-        pos = np.array([msg.position[names.index(j)] for j in want], float)
-        if not np.isfinite(pos).all():
-            self.suppressed["nan_joint_states"] += 1
+        try:
+            stamp = stamp_to_ns(msg.header.stamp) or self._now()
+            check = self.qpos_check.check(arm, msg.name, msg.position, stamp)
+        except ValueError as e:  # a malformed stamp
+            check = JointStateCheck(None, f"{arm}: {e}")
+        if check.problem is not None:
+            self.drops["rejected_joint_states"] += 1
             with self.lock:
-                self.qpos_arm_ns[arm] = None  # never command from a non-finite state
-            return self.error((arm, "nan"), f"{arm} joint_states: non-finite position {pos}")
-        idx = [self.joint_index[(arm, j)] for j in want]
+                self.qpos_arm_ns[arm] = None  # never command from a state not believed
+                self.qpos_problem[arm] = check.problem
+            return self.error((arm, "joint_states"), f"joint_states rejected: {check.problem}")
+        if check.positions is None:
+            self.drops["joint_states_out_of_order"] += 1
+            return
+        pos = check.positions
+        idx = [self.joint_index[(arm, j)] for j in self.arm_cfg[arm]["joints"]]
         with self.lock:
+            if self.qpos_problem[arm] is not None:
+                self.get_logger().info(f"{arm} joint_states plausible again")
+            self.qpos_problem[arm] = None
             self.qpos[idx] = pos
-            self.qpos_arm_ns[arm] = stamp_to_ns(msg.header.stamp) or self._now()
+            self.qpos_arm_ns[arm] = stamp
             self.qpos_arm_rx[arm] = self._now()
             recent = self.qpos_arm_recent[arm]
-            if recent and self.qpos_arm_ns[arm] < recent[-1][0]:
+            if recent and stamp < recent[-1][0]:
                 recent.clear()  # the clock went backwards (sim reset, bag loop)
-            recent.append((self.qpos_arm_ns[arm], pos))
+            recent.append((stamp, pos))
 
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -419,11 +445,23 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 q[[self.joint_index[(arm, j)] for j in want]] = recent[max(i, 0)][1]
             return q
 
-    def _measured(self) -> tuple[np.ndarray | None, int | None]:
+    def _no_joint_states(self) -> None:
+        """Suppress a plan for want of a believed joint state, naming why."""
+        problem = self._measured()[2]
+        if problem:
+            return self._suppress(
+                "rejected_joint_states", f"measured joint state rejected ({problem})"
+            )
+        return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+
+    def _measured(self) -> tuple[np.ndarray | None, int | None, str | None]:
+        """(newest believed joint state, its oldest arm's receive time, why an arm's newest
+        state was rejected (None: believed))."""
         with self.lock:
+            problem = "; ".join(p for p in self.qpos_problem.values() if p) or None
             if any(v is None for v in self.qpos_arm_ns.values()):
-                return None, None
-            return self.qpos.copy(), min(self.qpos_arm_rx.values())
+                return None, None, problem
+            return self.qpos.copy(), min(self.qpos_arm_rx.values()), problem
 
     # ------------------------------------------------------------------ inference (worker)
     def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
@@ -440,7 +478,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             return
         qpos = self._measured_at(stamp)
         if qpos is None:
-            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+            return self._no_joint_states()
         t1 = time.perf_counter()
         result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
         self._infer(policy, stamp, result.views.images, qpos, start_ns, t1)
@@ -530,7 +568,11 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self.drops["bad_view"] += 1
             return self.error(("view", name, "size"), f"view '{name}': data size {img.size}")
         self.rates[f"views/{name}"].tick()
-        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+        except ValueError as e:
+            self.drops["bad_stamp"] += 1
+            return self.error(("view", name, "stamp"), f"view '{name}': {e}; dropped")
         names = [v.name for v in cfg.views]
         with self._cv:
             entry = self._views.setdefault(stamp, {})
@@ -558,7 +600,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             return
         qpos = self._measured_at(synced.stamp_ns)
         if qpos is None:
-            return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+            return self._no_joint_states()
         self._infer(policy, synced.stamp_ns, synced.images, qpos, start_ns, time.perf_counter())
 
     def _history(self, stamp: int, n: int, qpos: np.ndarray) -> np.ndarray:
@@ -596,7 +638,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         return out
 
     def _safe(self, times: np.ndarray, positions: np.ndarray, now: int):
-        qpos, q_ns = self._measured()
+        qpos, q_ns, problem = self._measured()
         measured = qpos if qpos is not None else np.full(len(self.joint_names), np.nan)
         res = self.safety.filter(
             times,
@@ -607,6 +649,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             now,
             enabled=self.enabled,
             previous=self._previous_command(int(times[0])),
+            measured_problem=problem,
         )
         if res.suppressed:
             self._suppress(res.suppressed.split(" ")[0], res.suppressed)
@@ -750,8 +793,8 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
 
     def _input_problem(self, now: int) -> str | None:
         """Why nothing may be commanded now (the safety filter's watchdog), else None."""
-        qpos, q_ns = self._measured()
-        return self.safety.input_problem(qpos, q_ns, self._inputs(), now)
+        qpos, q_ns, problem = self._measured()
+        return self.safety.input_problem(qpos, q_ns, self._inputs(), now, problem)
 
     # ------------------------------------------------------------------ diagnostics
     def on_diagnostics(self) -> None:

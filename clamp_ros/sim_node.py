@@ -477,10 +477,14 @@ class SimNode(Node):
             for p in msg.points
         ]
         try:
+            try:
+                stamp_ns = stamp_to_ns(msg.header.stamp)
+            except ValueError as e:
+                raise TrajectoryError(str(e)) from None
             traj = parse_trajectory(
                 msg.joint_names,
                 points,
-                stamp_to_ns(msg.header.stamp),
+                stamp_ns,
                 self.stamp_ns,
                 self.command[side],
                 self.low[side],

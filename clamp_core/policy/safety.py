@@ -78,11 +78,11 @@ class SafetyConfig:
     gripper_measured_tolerance: float = 0.5
     """The same for grippers, normalised units: fingers squeezing an object or pushed open
     read past 0 and 1 (the sim's: -0.30 .. 1.17 in 40 Drawer Open episodes)."""
-    measured_speed_factor: float = 4.0
-    """A measured joint that moved faster than max_velocity x this between two joint states
-    (plus ``measured_noise``) is implausible. Physics and controllers overshoot the command's
-    limit briefly (the sim's arms: up to 10 rad/s over one 20 ms step, 3.2 x pi); a 2.5 rad
-    jump in one message is 30 x."""
+    measured_overshoot_s: float = 0.1
+    """A joint reading further from the last believed state than max_velocity x (the time
+    between them + this) + ``measured_noise`` is implausible: the arm cannot move that fast.
+    The allowance covers physics and controllers overshooting briefly (the sim's arms: up to
+    0.2 rad in one 20 ms step, 10 rad/s); a 2.5 rad jump in one message is far beyond it."""
     measured_noise: float = 0.05
     """Measurement noise allowed on top of the speed bound, units as the limits."""
 
@@ -146,7 +146,7 @@ class SafetyConfig:
             "tracking_lag_s",
             "measured_tolerance",
             "gripper_measured_tolerance",
-            "measured_speed_factor",
+            "measured_overshoot_s",
             "measured_noise",
         ):
             v = getattr(self, name)
@@ -245,6 +245,7 @@ class SafetyFilter:
         enabled: bool,
         chunk_stamp_ns: int | None = None,
         previous: np.ndarray | None = None,
+        measured_problem: str | None = None,
     ) -> SafetyResult:
         """Make a planned trajectory safe, or say why nothing may be commanded.
 
@@ -254,7 +255,9 @@ class SafetyFilter:
         never received); ``now_ns`` the control clock; ``enabled`` the operator's switch;
         ``chunk_stamp_ns`` the observation stamp the plan was computed from (None: not
         checked); ``previous`` (A,) the command the controller follows at ``times_ns[0]`` (the
-        last plan sent, evaluated there; None or non-finite: nothing commanded yet).
+        last plan sent, evaluated there; None or non-finite: nothing commanded yet);
+        ``measured_problem`` why the newest joint state was rejected (a
+        :class:`MeasuredStateValidator` verdict; None: it was believed).
 
         Velocity: each point moves at most ``max_velocity`` x its time step from the one
         before; the first from ``previous`` over one control period, or without it from the
@@ -263,7 +266,8 @@ class SafetyFilter:
         its time after the measurement); a ``previous`` command further ahead than that (the
         arm stopped following: blocked, collided) is pulled back to that bound.
 
-        Suppression reasons are checked in this order: disabled, measured state,
+        Suppression reasons are checked in this order: disabled, measured state (rejected,
+        missing, non-finite, implausible),
         stale inputs, stale chunk, malformed command. Raises ValueError only for wrong shapes
         or types (programming errors)."""
         A = len(self.cfg.joint_names)
@@ -295,7 +299,7 @@ class SafetyFilter:
 
         if not enabled:
             return suppress("disabled")
-        problem = self._input_problem(measured, m_stamp, input_stamps, now)
+        problem = self._input_problem(measured, m_stamp, input_stamps, now, measured_problem)
         if problem:
             return suppress(problem)
         if chunk_stamp_ns is not None:
@@ -367,6 +371,7 @@ class SafetyFilter:
         measured_stamp_ns: int | None,
         input_stamps: Mapping[str, int | None],
         now_ns: int,
+        measured_problem: str | None = None,
     ) -> str | None:
         """The watchdog alone: why nothing may be commanded now because of the inputs (measured
         state missing or non-finite, an input stale or never received), else None. The same
@@ -375,7 +380,11 @@ class SafetyFilter:
             None if measured_stamp_ns is None else _stamp("measured_stamp_ns", measured_stamp_ns)
         )
         return self._input_problem(
-            self._measured(measured_qpos), m_stamp, input_stamps, _stamp("now_ns", now_ns)
+            self._measured(measured_qpos),
+            m_stamp,
+            input_stamps,
+            _stamp("now_ns", now_ns),
+            measured_problem,
         )
 
     def _measured(self, measured_qpos) -> np.ndarray | None:
@@ -389,7 +398,9 @@ class SafetyFilter:
             )
         return measured.astype(np.float64)
 
-    def _input_problem(self, measured, m_stamp, input_stamps, now) -> str | None:
+    def _input_problem(self, measured, m_stamp, input_stamps, now, measured_problem=None):
+        if measured_problem:
+            return f"measured joint state rejected ({measured_problem})"
         if measured is None or m_stamp is None:
             return "measured joint state missing"
         finite = np.isfinite(measured)
@@ -447,7 +458,10 @@ class MeasuredStateValidator:
     reason. Each source (an arm's joint state topic) is checked against its own last believed
     state; a rejected message leaves that reference where it was, so one bogus message is
     caught whatever follows it, and plausible states are believed again as soon as they
-    return. Pure logic: the node feeds it messages, replay feeds it recorded ones."""
+    return. After a jump the time allowance stops growing: commands stopped, so the arm held
+    still, and a wrong reading that persists stays rejected (named) until the readings come
+    back or :meth:`reset` (the operator re-enables). Pure logic: the node feeds it messages,
+    replay feeds it recorded ones."""
 
     def __init__(
         self,
@@ -477,10 +491,13 @@ class MeasuredStateValidator:
             )
         self.reset_ns = int(time_reset_s * 1e9)
         self._last: dict[str, tuple[int, np.ndarray]] = {}
+        self._frozen: dict[str, int] = {}  # source -> stamp of its first implausible jump
 
     def reset(self) -> None:
-        """Forget every reference state (a new episode, a clock reset)."""
+        """Forget every reference state: the operator (re-)enabled commanding, a new episode,
+        a clock reset. The next state of each source is believed if it is within limits."""
         self._last.clear()
+        self._frozen.clear()
 
     def check(self, source: str, names: Sequence[str], positions, stamp_ns: int) -> JointStateCheck:
         """Validate one message of ``source`` (its ``name`` and ``position`` fields and its
@@ -529,20 +546,26 @@ class MeasuredStateValidator:
             last_stamp, last_pos = last
             if stamp < last_stamp - self.reset_ns:
                 last = None  # the clock was reset: nothing to compare with
+                self._frozen.pop(source, None)
             elif stamp < last_stamp:
                 return JointStateCheck(None, None)  # out of order: the newer one stands
         if last is not None:
-            dt_s = (stamp - last[0]) * 1e-9
-            bound = vmax * self.cfg.measured_speed_factor * dt_s + self.cfg.measured_noise
+            # after a jump, time stops counting: commands stopped, so the arm held still, and a
+            # wrong reading that persists must not become plausible by waiting
+            until = min(stamp, self._frozen.get(source, stamp))
+            dt_s = (until - last[0]) * 1e-9
+            bound = vmax * (dt_s + self.cfg.measured_overshoot_s) + self.cfg.measured_noise
             jump = np.abs(pos - last[1])
             if (jump > bound).any():
                 j = int(np.argmax(jump - bound))
+                self._frozen.setdefault(source, stamp)
                 return JointStateCheck(
                     None,
                     f"{source}: {joints[j]} moved {jump[j]:.3f} in {dt_s * 1e3:.0f} ms since the "
                     f"last plausible state (the arm can move at most {bound[j]:.3f})",
                 )
         self._last[source] = (stamp, pos)
+        self._frozen.pop(source, None)
         return JointStateCheck(pos, None)
 
 

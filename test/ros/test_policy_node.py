@@ -97,6 +97,8 @@ class Robot:
         self.q = Q0.copy()
         self.names = {"left": list(ARM), "right": list(ARM)}
         self.publish_joints = True
+        # side -> fn(stamp) -> JointState: what a hostile or broken driver sends instead
+        self.override: dict = {}
         self.traj: dict[str, list[tuple[float, JointTrajectory]]] = {"left": [], "right": []}
         self.diag: list = []
         self.js_pubs = {
@@ -131,6 +133,9 @@ class Robot:
             return
         now = self.node.get_clock().now().to_msg()
         for k, s in enumerate(("left", "right")):
+            if s in self.override:
+                self.js_pubs[s].publish(self.override[s](now))
+                continue
             msg = JointState(
                 name=self.names[s], position=[float(x) for x in self.q[7 * k : 7 * k + 7]]
             )
@@ -335,24 +340,111 @@ def test_bad_joint_states_stop_commands_until_fixed(graph, models):
     try:
         robot.wait_commands(2, "commands")
         robot.names["left"] = [j for j in ARM if j != "elbow"]  # a driver lost a joint
-        robot.wait_log(proc, r"left joint_states: missing joints \['elbow'\]")
+        robot.wait_log(proc, r"joint_states rejected: left: missing joints \['elbow'\]")
         robot.spin_until(
             lambda: (
-                robot.last_status() is not None and "joint_states" in robot.last_status().message
+                robot.last_status() is not None
+                and "measured joint state rejected (left: missing joints"
+                in robot.last_status().message
             ),
-            "stale joint states",
+            "diagnostics naming the rejected joint states",
         )
         n = robot.count()
         robot.spin_for(1.0)
         assert robot.count() <= n + 1  # at most the hold
         robot.names["left"] = list(ARM)
         robot.q[2] = np.nan
-        robot.wait_log(proc, r"left joint_states: non-finite position")
+        robot.wait_log(proc, r"joint_states rejected: left: elbow position is nan")
         robot.q[2] = Q0[2]
         robot.wait_commands(2, "commands after the joint states recovered")
     finally:
         robot.names["left"] = list(ARM)
         robot.q[:] = Q0
+        stop_process(proc)
+
+
+def _plan_at(msg: JointTrajectory, t_ns: int) -> np.ndarray:
+    """(7,) where a JTC running ``msg`` is at ``t_ns`` (linear between points)."""
+    t0 = stamp_to_ns(msg.header.stamp)
+    times = np.array(
+        [t0 + p.time_from_start.sec * 10**9 + p.time_from_start.nanosec for p in msg.points]
+    )
+    pos = np.array([list(p.positions) for p in msg.points])
+    return np.array([np.interp(t_ns, times, pos[:, j]) for j in range(pos.shape[1])])
+
+
+def check_command_stream(msgs: list[JointTrajectory], q_true: np.ndarray, side: int) -> int:
+    """The invariant over everything one arm's controller received: every point within the
+    limits and max_velocity x dt of the point before it on the plan the controller follows:
+    the previous message's plan at the new start, or after a stop (an empty trajectory) the
+    arm's true position. Returns the number of stops."""
+    vmax = VMAX[7 * side : 7 * side + 7]
+    follows, stops = q_true[7 * side : 7 * side + 7], 0
+    for msg in msgs:
+        if not msg.points:
+            follows, stops = q_true[7 * side : 7 * side + 7], stops + 1
+            continue
+        times, pos = check_trajectory(msg, q_true, side)
+        start = stamp_to_ns(msg.header.stamp)
+        ref = follows if isinstance(follows, np.ndarray) else _plan_at(follows, start)
+        # one control period, plus the first point's lead over "now" when planned from rest
+        jump = np.abs(pos[0] - ref)
+        assert (jump <= vmax * 0.05 + 1e-6).all(), (
+            f"{ARM[int(np.argmax(jump - vmax * 0.05))]} jumped {jump.max():.3f} at a new plan"
+        )
+        follows = msg
+    return stops
+
+
+HOSTILE = {
+    "repeated name": (["waist", *ARM], lambda q: [2.5, *q], r"joint 'waist' appears 2 times"),
+    "1e3 rad": (ARM, lambda q: [1e3, *q[1:]], r"waist at 1000, outside its limits"),
+    "just past a limit": (ARM, lambda q: [3.3, *q[1:]], r"waist at 3.3, outside its limits"),
+    "a 2.5 rad jump": (ARM, lambda q: [q[0] + 2.5, *q[1:]], r"waist moved 2.500 in"),
+    "nanosec >= 1e9": (ARM, lambda q: list(q), r"malformed stamp: nanosec 4000000000"),
+}
+
+
+def test_hostile_joint_states_stop_commands_and_never_make_them_jump(graph, models):
+    """The reported triggers, sent over DDS in place of the left arm's driver for a moment:
+    each is rejected with its named reason (log and /diagnostics), commands stop, they resume
+    when plausible states return, and no command ever breaks the velocity invariant."""
+    robot, *_ = graph
+    proc = start_policy(graph, "hostile_joints", models / "tiny")
+    try:
+        robot.wait_commands(3, "commands")
+        first = robot.count()
+        for what, (names, values, pattern) in HOSTILE.items():
+
+            def bad(now, names=names, values=values, what=what):
+                msg = JointState(name=list(names), position=[float(v) for v in values(Q0[:7])])
+                msg.header.stamp = now
+                if what.startswith("nanosec"):
+                    msg.header.stamp.nanosec = 4_000_000_000
+                return msg
+
+            robot.diag.clear()
+            robot.override["left"] = bad
+            robot.wait_log(proc, r"joint_states rejected: left: .*" + pattern)
+            robot.spin_until(
+                lambda: any(
+                    "measured joint state rejected" in st.message
+                    or any(
+                        kv.key == "last suppression" and "rejected" in kv.value for kv in st.values
+                    )
+                    for st in robot.diag
+                ),
+                f"diagnostics naming the rejected state ({what})",
+            )
+            robot.spin_for(0.3)
+            del robot.override["left"]
+            robot.wait_commands(3, f"commands after plausible states returned ({what})")
+        left = [m for _, m in robot.traj["left"][first - 1 :]]
+        right = [m for _, m in robot.traj["right"][first - 1 :]]
+        assert check_command_stream(left, Q0, 0) >= 1  # the node did stop
+        check_command_stream(right, Q0, 1)
+    finally:
+        robot.override.clear()
         stop_process(proc)
 
 

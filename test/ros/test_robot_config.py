@@ -134,8 +134,10 @@ def test_safety_limits_in_the_file_are_the_arms_limits(declared):
 
     safety = yaml.safe_load(CONFIG.read_text())["policy"]["ros__parameters"]["safety"]
     ref = aloha_defaults()
+    # exactly: a rounded pi (3.14159) in the file would be the limit the robot runs with
+    for name, value in safety.items():
+        np.testing.assert_array_equal(value, getattr(ref, name), err_msg=name)
     for name in ("position_min", "position_max", "max_velocity"):
-        np.testing.assert_allclose(safety[name], getattr(ref, name), atol=1e-5, err_msg=name)
         np.testing.assert_allclose(declared["PolicyNode"][f"safety.{name}"], getattr(ref, name))
     policy = yaml.safe_load(CONFIG.read_text())["policy"]["ros__parameters"]
     assert policy["joint_names"] == list(ref.joint_names)

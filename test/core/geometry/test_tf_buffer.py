@@ -6,6 +6,8 @@ interpolation (SLERP between R0 and R1 is R0 @ exp(t * log(R0^T R1))).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import transforms3d.axangles as t3d_axangles
@@ -16,6 +18,7 @@ from clamp_core.geometry.tf_buffer import (
     ExtrapolationError,
     TfBuffer,
     TfError,
+    TfRejectedError,
     UnknownFrameError,
 )
 from clamp_core.geometry.transforms import Transform
@@ -283,7 +286,21 @@ def test_invalid_links_rejected(parent, child):
         TfBuffer().set_transform(parent, child, 0, tf_of([0, 0, 0]))
 
 
-@pytest.mark.parametrize("kwargs", [{"cache_duration_s": 0}, {"extrapolation_tolerance_s": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cache_duration_s": 0},
+        {"cache_duration_s": float("nan")},
+        {"cache_duration_s": float("inf")},
+        {"extrapolation_tolerance_s": -1},
+        {"future_horizon_s": -0.1},
+        {"future_horizon_s": float("nan")},
+        {"max_frames": 1},
+        {"max_frames": 10.5},
+        {"max_samples_per_link": 1},
+        {"max_samples_per_link": True},
+    ],
+)
 def test_invalid_buffer_settings(kwargs):
     with pytest.raises(ValueError):
         TfBuffer(**kwargs)
@@ -480,3 +497,270 @@ def test_random_trees_match_matrix_products(seed):
             np.testing.assert_allclose(
                 got.apply(pts), (np.c_[pts, np.ones(4)] @ expected.T)[:, :3], atol=1e-8
             )
+
+
+# ----------------------------------------------------------------------------- hostile input
+FAR_FUTURE = 2_147_483_647 * S  # int32 seconds maximum, as a hostile header.stamp.sec
+STEP = S // 10
+
+
+def pose_at(t) -> Transform:
+    """The moving link's true pose: 1 m/s along x and 0.2 rad/s about z. Linear translation and
+    a constant rotation axis make exact interpolation the pose itself, an independent oracle."""
+    return tf_of([t / S, 0, 0], axis=(0, 0, 1), angle=0.2 * t / S)
+
+
+def feed_moving_link(tf: TfBuffer, t0, t1, clock: bool) -> None:
+    for t in range(t0, t1 + 1, STEP):
+        tf.set_transform("world", "tool", t, pose_at(t), now_ns=t if clock else None)
+
+
+def assert_recent_history_intact(tf: TfBuffer, t0, t1):
+    for t in (t0, t0 + (t1 - t0) // 7, (t0 + t1) // 2 + 1, t1 - 1, t1):
+        assert_tf_close(tf.lookup("world", "tool", t), pose_at(t).matrix(), atol=1e-9)
+
+
+def test_far_future_sample_is_refused_against_the_clock_and_history_survives():
+    tf = TfBuffer(cache_duration_s=1.0)
+    feed_moving_link(tf, 0, 3 * S, clock=True)
+    with pytest.raises(TfRejectedError) as info:
+        tf.set_transform("world", "tool", FAR_FUTURE, tf_of([99, 99, 99]), now_ns=3 * S)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+    for part in ("'world' -> 'tool'", "ahead of the clock", "horizon 1 s"):
+        assert part in msg, (part, msg)
+    assert len(msg) < 200
+    # the last cache second interpolates exactly as before, and "latest" is still the real latest
+    assert_recent_history_intact(tf, 2 * S, 3 * S)
+    assert tf.latest_common_time("world", "tool") == 3 * S
+    with pytest.raises(ExtrapolationError) as err:
+        tf.lookup("world", "tool", 3 * S + 1)
+    assert err.value.into_future
+    # the link keeps working as new data arrives
+    feed_moving_link(tf, 3 * S + STEP, 5 * S, clock=True)
+    assert_recent_history_intact(tf, 4 * S, 5 * S)
+    assert tf.latest_common_time("world", "tool") == 5 * S
+
+
+def test_far_future_sample_without_clock_does_not_evict_history():
+    tf = TfBuffer(cache_duration_s=1.0)
+    feed_moving_link(tf, 0, 3 * S, clock=False)
+    tf.set_transform("world", "tool", FAR_FUTURE, tf_of([99, 99, 99]))  # no clock: cannot tell
+    assert_recent_history_intact(tf, 2 * S, 3 * S)
+    # pruning goes on relative to the real data, not to the outlier
+    feed_moving_link(tf, 3 * S + STEP, 5 * S, clock=False)
+    assert_recent_history_intact(tf, 4 * S, 5 * S)
+    with pytest.raises(ExtrapolationError) as err:
+        tf.lookup("world", "tool", 2 * S)
+    assert not err.value.into_future
+    # the first insert with a clock drops what lies beyond the horizon
+    t = 5 * S + STEP
+    tf.set_transform("world", "tool", t, pose_at(t), now_ns=t)
+    assert tf.latest_common_time("world", "tool") == t
+    assert_recent_history_intact(tf, 4 * S + STEP, t)
+    with pytest.raises(ExtrapolationError) as err:
+        tf.lookup("world", "tool", t + S)
+    assert err.value.into_future
+
+
+def test_slow_link_without_clock_is_still_pruned():
+    """Without a clock, each sample of a link whose period (2 s) exceeds the horizon (1 s) looks
+    like an outlier when it arrives: pruning lags one sample behind, history stays bounded."""
+    tf = TfBuffer(cache_duration_s=1.0, future_horizon_s=1.0)
+    stamps = list(range(0, 40 * S + 1, 2 * S))
+    for t in stamps:
+        tf.set_transform("world", "tool", t, pose_at(t))
+    kept = [t for t in stamps if tf.can_transform("world", "tool", t)]
+    assert kept == stamps[-3:]
+    assert_recent_history_intact(tf, stamps[-3], stamps[-1])
+
+
+def test_negative_and_stale_stamps_are_refused_static_stamps_are_not_checked():
+    tf = TfBuffer(cache_duration_s=1.0, future_horizon_s=0.5)
+    now = 10 * S
+    tf.set_transform("world", "tool", now, pose_at(now), now_ns=now)
+    for clock in (None, now):
+        with pytest.raises(TfRejectedError, match="negative"):
+            tf.set_transform("world", "tool", -1, pose_at(0), now_ns=clock)
+    with pytest.raises(TfRejectedError, match="behind the clock"):
+        tf.set_transform("world", "tool", now - S - 1, pose_at(0), now_ns=now)
+    with pytest.raises(TfRejectedError, match="ahead of the clock"):
+        tf.set_transform("world", "tool", now + S // 2 + 1, pose_at(0), now_ns=now)
+    # both edges are inclusive
+    tf.set_transform("world", "tool", now - S, pose_at(now - S), now_ns=now)
+    tf.set_transform("world", "tool", now + S // 2, pose_at(now + S // 2), now_ns=now)
+    assert_recent_history_intact(tf, now - S, now + S // 2)
+    assert not tf.can_transform("world", "tool", now - S - 1)
+    # static links are valid at all times: their stamp is not checked against anything
+    t_cam = tf_of([0, 0, 1], angle=0.4)
+    for stamp in (-5 * S, 0, FAR_FUTURE, 2**70):
+        tf.set_transform("tool", "cam", stamp, t_cam, static=True, now_ns=now)
+        assert_tf_close(tf.lookup("tool", "cam", 0), t_cam.matrix())
+    with pytest.raises(TfRejectedError):  # a dynamic stamp must fit ROS int64 nanoseconds
+        tf.set_transform("tool", "cam2", 2**63, t_cam)
+
+
+def test_max_frames_refuses_new_frames_and_keeps_the_tree():
+    tf = TfBuffer(max_frames=4)
+    tf.set_transform("world", "a", 0, tf_of([1, 0, 0]), static=True)
+    tf.set_transform("a", "b", 1 * S, tf_of([0, 1, 0]))
+    tf.set_transform("b", "c", 0, tf_of([0, 0, 1]), static=True)
+    assert tf.frame_count() == 4
+    for parent, child in (("c", "d"), ("x", "y"), ("d", "world")):
+        with pytest.raises(TfRejectedError, match="tf tree full: 4 frames known") as info:
+            tf.set_transform(parent, child, 1 * S, tf_of([0, 0, 0]))
+        assert "'d'" in str(info.value) or "'x'" in str(info.value)
+    assert tf.frames() == ["a", "b", "c", "world"] and tf.frame_count() == 4
+    np.testing.assert_allclose(tf.lookup("world", "c", 1 * S).translation, [1, 1, 1], atol=1e-12)
+    # known frames keep working: more samples, and re-parenting among known frames
+    tf.set_transform("a", "b", 2 * S, tf_of([0, 2, 0]))
+    np.testing.assert_allclose(tf.lookup("world", "c", 2 * S).translation, [1, 2, 1], atol=1e-12)
+    tf.set_transform("world", "c", 0, tf_of([5, 0, 0]), static=True)
+    assert tf.frame_count() == 4
+    # re-parenting onto a new frame is fine when the old parent disappears with it
+    small = TfBuffer(max_frames=2)
+    small.set_transform("odom", "base", 1 * S, tf_of([1, 0, 0]))
+    small.set_transform("map", "base", 1 * S, tf_of([2, 0, 0]))
+    assert small.frames() == ["base", "map"]
+    with pytest.raises(TfRejectedError, match="full"):
+        small.set_transform("base", "odom", 1 * S, tf_of([0, 0, 0]))
+
+
+def snapshot(tf: TfBuffer):
+    """Everything observable about the test tree below."""
+    stamps = [0, 1 * S, 3 * S // 2, 2 * S, 2 * S + 1, FAR_FUTURE]
+    looks = []
+    for target, source in (("world", "tool"), ("world", "cam"), ("tool", "cam")):
+        for t in stamps:
+            try:
+                looks.append(tf.lookup_matrix(target, source, t).round(12).tolist())
+            except TfError as e:
+                looks.append(type(e).__name__)
+    return tf.frames(), tf.frame_count(), tf.latest_common_time("world", "tool"), looks
+
+
+HOSTILE = {
+    "far future with clock": ("world", "tool", FAR_FUTURE, False, 2 * S),
+    "far future re-parenting": ("base", "tool", FAR_FUTURE, False, 2 * S),
+    "stale": ("world", "tool", 0, False, 2 * S),
+    "negative": ("world", "tool", -S, False, None),
+    "negative re-parenting": ("base", "tool", -S, False, None),
+    "long child id": ("world", "x" * 100_000, 2 * S, False, None),
+    "long parent id": ("y" * 100_000, "tool", 2 * S, True, None),
+    "space in id": ("world", "base link", 2 * S, False, None),
+    "newline in id": ("world\nFAKE LOG LINE", "tool", 2 * S, True, None),
+    "nul in id": ("world", "to\x00ol", 2 * S, False, None),
+    "bidi override in id": ("world", "tool\u202e", 2 * S, False, None),
+    "tree full": ("tool", "extra", 2 * S, False, None),
+    "tree full re-parenting": ("extra", "cam", 2 * S, True, None),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_refused_samples_never_change_the_buffer(case):
+    parent, child, stamp, static, now = HOSTILE[case]
+    tf = TfBuffer(cache_duration_s=1.0, max_frames=4)
+    tf.set_transform("world", "tool", 1 * S, pose_at(1 * S), now_ns=1 * S)
+    tf.set_transform("world", "tool", 2 * S, pose_at(2 * S), now_ns=2 * S)
+    tf.set_transform("tool", "cam", 0, tf_of([0, 0, 1]), static=True)
+    tf.set_transform("world", "base", 0, tf_of([0, 1, 0]), static=True)
+    before = snapshot(tf)
+    with pytest.raises(TfRejectedError) as info:
+        tf.set_transform(parent, child, stamp, tf_of([9, 9, 9]), static=static, now_ns=now)
+    msg = str(info.value)
+    assert len(msg) < 300 and msg.isprintable(), msg
+    assert snapshot(tf) == before
+
+
+@pytest.mark.parametrize("length, ok", [(256, True), (257, False), (100_000, False)])
+def test_frame_id_length_limit(length, ok):
+    tf = TfBuffer()
+    frame = "f" * length
+    if ok:
+        tf.set_transform("world", frame, 0, tf_of([1, 0, 0]), static=True)
+        assert tf.has_frame(frame)
+        return
+    for parent, child in (("world", frame), (frame, "world")):
+        with pytest.raises(TfRejectedError, match=f"is {length} characters long") as info:
+            tf.set_transform(parent, child, 0, tf_of([1, 0, 0]), static=True)
+        assert len(str(info.value)) < 200
+    assert tf.frame_count() == 0
+
+
+def test_long_frame_ids_are_cut_to_64_characters_in_messages():
+    tf = TfBuffer()
+    long = "a" * 70 + "TAIL"
+    tf.set_transform("world", long, 0, tf_of([1, 0, 0]), static=True)
+    with pytest.raises(UnknownFrameError) as info:
+        tf.lookup(long, "ghost" * 20_000)
+    msg = str(info.value)
+    assert long not in msg and "TAIL" not in msg and "ghost" * 13 not in msg
+    assert "'" + "a" * 61 + "...'" in msg  # 64 characters in all
+    assert len(msg) < 1000
+
+
+def test_unknown_frame_with_1000_known_frames_names_at_most_five():
+    tf = TfBuffer()  # max_frames=1000
+    for i in range(999):
+        tf.set_transform("world", f"frame_{i:04d}", 0, tf_of([i, 0, 0]), static=True)
+    assert tf.frame_count() == 1000
+    with pytest.raises(TfRejectedError, match="tf tree full: 1000 frames known"):
+        tf.set_transform("world", "frame_1000", 0, tf_of([0, 0, 0]), static=True)
+    for target, source in (("world", "ghost"), ("ghost", "frame_0001"), ("ghost", "ghost")):
+        with pytest.raises(UnknownFrameError) as info:
+            tf.lookup(target, source)
+        msg = str(info.value)
+        assert len(msg) < 1000 and "'ghost'" in msg
+        listed = msg.split("known frames: ")[1]
+        named = {f for f in re.findall(r"[\w]+", listed) if tf.has_frame(f)}
+        assert 1 <= len(named) <= 5, msg
+        assert "... (1000 known)" in listed
+    np.testing.assert_allclose(tf.lookup("world", "frame_0998").translation, [998, 0, 0])
+
+
+def test_every_error_message_is_bounded_with_maximal_frame_ids():
+    """256-character ids everywhere, every error path: messages stay under 1000 characters."""
+    a, b, c, d, e = (ch * 256 for ch in "abcde")
+    tf = TfBuffer(max_frames=5)
+    tf.set_transform(a, b, 1 * S, pose_at(1 * S))
+    tf.set_transform(a, b, 2 * S, pose_at(2 * S))
+    tf.set_transform(b, c, 0, tf_of([0, 0, 1]), static=True)
+    tf.set_transform(d, e, 0, tf_of([0, 0, 1]), static=True)
+    attempts = [
+        lambda: tf.lookup(a, "z" * 256),
+        lambda: tf.lookup("z" * 256, "z" * 256),
+        lambda: tf.lookup_matrix("y" * 256, "z" * 256),
+        lambda: tf.lookup(c, e),
+        lambda: tf.lookup(a, c, 0),
+        lambda: tf.lookup(c, a, 3 * S),
+        lambda: tf.set_transform(c, a, 0, tf_of([0, 0, 0])),
+        lambda: tf.set_transform(c, c, 0, tf_of([0, 0, 0])),
+        lambda: tf.set_transform(c, "f" * 256, 0, tf_of([0, 0, 0])),
+        lambda: tf.set_transform(a, b, FAR_FUTURE, tf_of([0, 0, 0]), now_ns=2 * S),
+        lambda: tf.set_transform(a, b, 0, tf_of([0, 0, 0]), now_ns=FAR_FUTURE),
+        lambda: tf.set_transform(a, b, -1, tf_of([0, 0, 0])),
+    ]
+    for attempt in attempts:
+        with pytest.raises((TfError, ValueError)) as info:
+            attempt()
+        assert len(str(info.value)) < 1000, str(info.value)
+    tf.clear()
+    with pytest.raises(ExtrapolationError, match="cleared") as info:
+        tf.lookup(a, c, 1 * S)
+    assert len(str(info.value)) < 1000
+
+
+def test_per_link_sample_cap_drops_the_oldest():
+    tf = TfBuffer(cache_duration_s=1e6, max_samples_per_link=50)
+    stamps = [i * 1_000_000 for i in range(200)]
+    for t in stamps:
+        tf.set_transform("world", "tool", t, pose_at(t))
+    kept = [t for t in stamps if tf.can_transform("world", "tool", t)]
+    assert kept == stamps[-50:]
+    assert_recent_history_intact(tf, stamps[-50], stamps[-1])
+    # a late sample older than everything kept is the oldest, so it goes at once
+    tf.set_transform("world", "tool", 0, pose_at(0))
+    assert [t for t in stamps if tf.can_transform("world", "tool", t)] == stamps[-50:]
+    # a late sample inside the kept span replaces the oldest one
+    tf.set_transform("world", "tool", stamps[-1] - 500_000, pose_at(stamps[-1] - 500_000))
+    assert [t for t in stamps if tf.can_transform("world", "tool", t)] == stamps[-49:]

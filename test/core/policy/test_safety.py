@@ -641,6 +641,15 @@ def test_a_jump_faster_than_the_arm_is_rejected_until_plausible_states_return():
     assert v.check("left", ARM_JOINTS, jumped, T0 + 60 * MS).problem is not None
     # arms are checked independently
     assert v.check("right", ARM_JOINTS, jumped, T0 + 60 * MS).problem is None
+    # a wrong reading that persists never becomes plausible by waiting: the arm held still
+    for t in (1, 2, 10):
+        r = v.check("left", ARM_JOINTS, jumped, T0 + t * 10**9)
+        assert r.problem.startswith("left: waist moved 2.500 in 20 ms"), r.problem
+    # until the readings come back, or the operator re-enables (reset)
+    assert v.check("left", ARM_JOINTS, REST, T0 + 11 * 10**9).problem is None
+    assert v.check("left", ARM_JOINTS, jumped, T0 + 11 * 10**9 + 20 * MS).problem is not None
+    v.reset()
+    assert v.check("left", ARM_JOINTS, jumped, T0 + 12 * 10**9).problem is None
 
 
 def test_out_of_order_states_are_ignored_and_a_clock_reset_forgets_the_reference():
