@@ -15,6 +15,9 @@ def main(argv=None) -> int:
     from .sim_demo import add_bench_e2e
 
     add_bench_e2e(parser.bench_sub)
+    from .soak import add_bench_soak
+
+    add_bench_soak(parser.bench_sub)
     return core_cli.main(argv, parser)
 
 
