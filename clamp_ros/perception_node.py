@@ -15,7 +15,6 @@ Outputs (all stamped with the reference camera's stamp, frame_id = base frame):
 from __future__ import annotations
 
 import collections
-import re
 import sys
 import threading
 import time
@@ -36,8 +35,13 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
 from clamp_core.geometry.camera import CameraModelError
-from clamp_core.geometry.image import ImageDecodeError
-from clamp_core.geometry.sync import ApproximateTimeSync, SyncedSet, SyncError
+from clamp_core.geometry.image import ImageDecodeError, depth_span_m, has_depth_in_range
+from clamp_core.geometry.sync import (
+    ApproximateTimeSync,
+    DuplicateStampError,
+    SyncedSet,
+    SyncError,
+)
 from clamp_core.geometry.tf_buffer import ExtrapolationError, TfBuffer, TfError
 from clamp_core.perception import PerceptionError, PerceptionPipeline, RgbdFrame
 from clamp_core.perception.config import ConfigError
@@ -53,7 +57,7 @@ from .conversions import (
     stamp_to_ns,
 )
 from .params import declare, declare_perception_config
-from .util import KeyedThrottle, LatencyStats, RateMeter, run_node
+from .util import KeyedThrottle, LatencyStats, RateMeter, problem_key, run_node, shorten
 
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(
@@ -116,7 +120,9 @@ class PerceptionFrontend:
         )
         streams = [f"{c.name}/depth" for c in cfg.cameras]
         streams += [f"{c.name}/color" for c in cfg.cameras if c.use_color]
-        self.sync = ApproximateTimeSync(streams, cfg.sync_tolerance_s, cfg.sync_queue_size)
+        self.sync = ApproximateTimeSync(
+            streams, cfg.sync_tolerance_s, cfg.sync_queue_size, reject_duplicates=True
+        )
         self.sync_lock = threading.Lock()
         self.cameras = {c.name: c for c in cfg.cameras}
         self.infos: dict[str, object] = {c.name: None for c in cfg.cameras}
@@ -232,14 +238,24 @@ class PerceptionFrontend:
         except CameraModelError as e:
             table[cam] = None
             self.drops["bad_camera_info"] += 1
-            self.error((cam, "info"), f"camera '{cam}': invalid camera_info: {e}")
+            message = f"camera '{cam}': invalid camera_info: {e}"
+            self.error((cam, "info", problem_key(message)), message)
 
     def _intrinsics(self, cam: str):
         c = self.cameras[cam]
         return self.infos[cam] if c.registered else self.depth_infos[cam]
 
+    def _stamp_or_drop(self, cam: str, what: str, msg: Image) -> int | None:
+        try:
+            return stamp_to_ns(msg.header.stamp)
+        except ValueError as e:
+            self._drop(cam, "bad_stamp", f"camera '{cam}': {what} image has a {e}; dropped")
+            return None
+
     def on_depth(self, cam: str, msg: Image) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
+        stamp = self._stamp_or_drop(cam, "depth", msg)
+        if stamp is None:
+            return
         intr = self._intrinsics(cam)
         if intr is None:
             topic = (
@@ -269,6 +285,15 @@ class PerceptionFrontend:
                 "no_valid_depth",
                 f"camera '{cam}': depth image has no valid pixel (all zero, NaN or inf)",
             )
+        cfg = self.config
+        if not has_depth_in_range(depth, scale, cfg.depth_min_m, cfg.depth_max_m):
+            return self._drop(
+                cam,
+                "depth_out_of_range",
+                f"camera '{cam}': no depth pixel within ({cfg.depth_min_m:.2f}, "
+                f"{cfg.depth_max_m:.2f}) m (perception.depth_min_m / depth_max_m)"
+                f"{_span_hint(depth, scale)}; dropping depth frame",
+            )
         frame_id = self.cameras[cam].frame_id or msg.header.frame_id
         frame = RgbdFrame(cam, stamp, frame_id, intr, depth, scale)
         try:
@@ -278,7 +303,9 @@ class PerceptionFrontend:
         self._offer(cam, f"{cam}/depth", stamp, frame)
 
     def on_color(self, cam: str, msg: Image) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
+        stamp = self._stamp_or_drop(cam, "color", msg)
+        if stamp is None:
+            return
         try:
             color = color_from_msg(msg)
         except ImageDecodeError as e:
@@ -308,6 +335,8 @@ class PerceptionFrontend:
                     self.tf.clear()
             try:
                 sets = self.sync.add(stream, stamp, item)
+            except DuplicateStampError as e:
+                return self._drop(cam, "duplicate_stamp", f"camera '{cam}': {e}; frame dropped")
             except SyncError as e:
                 return self._drop(cam, "time_backwards", f"camera '{cam}': {e}; frame dropped")
         if sets:
@@ -325,11 +354,14 @@ class PerceptionFrontend:
             try:
                 self.pipeline.camera_pose(f, self.tf)
             except TfError as e:
+                why = str(e)
+                if len(f.frame_id) > FRAME_ID_CHARS:  # the lookup error repeats the frame id
+                    why = why.replace(f.frame_id, shorten(f.frame_id, FRAME_ID_CHARS))
                 return self._drop(
                     f.camera,
                     "tf",
                     f"camera '{f.camera}': no pose for frame "
-                    f"'{f.frame_id}' at {f.stamp_ns * 1e-9:.3f}s: {e}",
+                    f"'{shorten(f.frame_id, FRAME_ID_CHARS)}' at {f.stamp_ns * 1e-9:.3f}s: {why}",
                 )
         try:
             self.pipeline.view_poses(self.tf, stamp_ns)
@@ -340,8 +372,9 @@ class PerceptionFrontend:
 
     def _drop(self, cam: str, reason: str, message: str) -> None:
         self.drops[reason] += 1
-        # throttle per camera and problem; numbers (stamps, sizes) do not make a new problem
-        self.error((cam, reason, re.sub(r"[-+]?\d[\d.]*", "#", message)), message)
+        # throttle per camera and problem; numbers (stamps, sizes) and quoted names (frame ids
+        # from the wire) do not make a new problem, and the key stays short whatever the message
+        self.error((cam, reason, problem_key(message)), message)
 
     def on_tf(self, msg: TFMessage) -> None:
         self._add_tf(msg, False)
@@ -351,11 +384,14 @@ class PerceptionFrontend:
 
     def _add_tf(self, msg: TFMessage, static: bool) -> None:
         with self.tf_lock:
-            errors = add_transforms(self.tf, msg.transforms, static)
+            # tf stamped implausibly far from this node's clock never enters the buffer
+            errors = add_transforms(
+                self.tf, msg.transforms, static, now_ns=self.get_clock().now().nanoseconds
+            )
             self.tf_lock.notify_all()
         for e in errors:
             self.drops["bad_tf"] += 1
-            self.error(("tf", e.split(":")[0]), e)
+            self.error(("tf", problem_key(e)), e)
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -511,6 +547,21 @@ class PerceptionNode(PerceptionFrontend, Node):
     def destroy_node(self) -> None:
         self.stop_perception()
         super().destroy_node()
+
+
+FRAME_ID_CHARS = 64
+"""Frame ids from the wire are cut to this many characters in log messages."""
+
+
+def _span_hint(depth: np.ndarray, scale: float) -> str:
+    """'; readings span a..b m' (+ a hint for 16-bit 'no data' markers) for an unusable frame."""
+    span = depth_span_m(depth, scale)
+    if span is None:
+        return ""
+    hint = f"; readings span {span[0]:.3g}..{span[1]:.3g} m"
+    if depth.dtype == np.uint16 and int(depth[::4, ::4].max()) == 65535:
+        hint += " (65535 mm is a no-data marker of some drivers)"
+    return hint
 
 
 def _has_valid_depth(depth: np.ndarray) -> bool:

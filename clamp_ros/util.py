@@ -4,33 +4,98 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
+
+
+def shorten(text: str, limit: int = 64) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit`` characters and
+    a marker with the full length (for names from the wire: frame ids, encodings)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text)} chars]"
+
+
+_NUMBER = re.compile(r"[-+]?\d[\d.]*(?:e[-+]?\d+)?")
+_QUOTED = re.compile(r"'[^']*(?:'|$)")  # also one cut off by the prefix
+
+
+def problem_key(message: str, limit: int = 100) -> str:
+    """A short, normalised form of a log message for throttling keys: quoted names and numbers
+    (frame ids, stamps, sizes) do not make a new problem, and a hostile message cannot make a
+    key longer than ``limit`` characters (only a prefix of the message is looked at)."""
+    head = message[: 4 * limit]
+    return _NUMBER.sub("#", _QUOTED.sub("'*'", head))[:limit]
 
 
 class KeyedThrottle:
     """Log each (key) at most once per ``period_s``; counts what it suppressed.
 
     rclpy's own throttling is per call site, so one failing camera would hide another's
-    errors; here the key is e.g. (camera, problem)."""
+    errors; here the key is e.g. (camera, problem).
 
-    def __init__(self, log_fn, period_s: float = 2.0):
+    Bounded whatever the input (keys and messages may be built from hostile strings):
+
+    - at most ``max_keys`` keys are remembered; the least recently used one is forgotten first
+      (with its count of suppressed messages), so a flood of distinct keys costs a fixed amount
+      of memory and at worst logs a forgotten key again;
+    - string parts of a key are cut to ``max_key_chars`` characters;
+    - a logged message is cut to ``max_chars`` characters, with a marker saying how long it was.
+    """
+
+    def __init__(
+        self,
+        log_fn,
+        period_s: float = 2.0,
+        max_keys: int = 256,
+        max_chars: int = 1000,
+        max_key_chars: int = 128,
+    ):
+        if max_keys < 1 or max_chars < 1 or max_key_chars < 1:
+            raise ValueError("max_keys, max_chars and max_key_chars must be >= 1")
         self._log = log_fn
         self._period = period_s
-        self._last: dict = {}
+        self.max_keys = max_keys
+        self.max_chars = max_chars
+        self.max_key_chars = max_key_chars
+        # key -> monotonic time it was last logged, least recently used first
+        self._last: collections.OrderedDict = collections.OrderedDict()
         self._suppressed: collections.Counter = collections.Counter()
+        self.evicted = 0  # keys forgotten to stay within max_keys
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def _bound_key(self, key):
+        if isinstance(key, str):
+            return key[: self.max_key_chars]
+        if isinstance(key, tuple):
+            return tuple(self._bound_key(k) for k in key)
+        return key
+
     def __call__(self, key, message: str) -> None:
+        key = self._bound_key(key)
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
-            if last is not None and now - last < self._period:
-                self._suppressed[key] += 1
-                return
+            if last is not None:
+                self._last.move_to_end(key)
+                if now - last < self._period:
+                    self._suppressed[key] += 1
+                    return
             n = self._suppressed.pop(key, 0)
             self._last[key] = now
+            while len(self._last) > self.max_keys:
+                old, _ = self._last.popitem(last=False)
+                self._suppressed.pop(old, None)
+                self.evicted += 1
+        message = str(message)
+        if len(message) > self.max_chars:
+            message = f"{message[: self.max_chars]}... [cut: {len(message)} chars]"
         text = message + (f" ({n} more like this suppressed)" if n else "")
         # rclpy remembers the severity of each call site and raises if it changes, so every
         # severity needs its own line here (one throttle for warnings, one for errors)

@@ -36,8 +36,9 @@ def _view(
     kind: str,
 ) -> np.ndarray:
     if encoding not in table:
+        shown = encoding if len(encoding) <= 64 else f"{encoding[:64]}...[{len(encoding)} chars]"
         raise ImageDecodeError(
-            f"unsupported {kind} encoding '{encoding}' (supported: {', '.join(table)})"
+            f"unsupported {kind} encoding '{shown}' (supported: {', '.join(table)})"
         )
     dtype, channels = table[encoding]
     if height <= 0 or width <= 0:
@@ -90,6 +91,32 @@ def decode_color(
     if encoding == "bgra8":
         return np.ascontiguousarray(img[..., 2::-1])
     return np.repeat(img[..., None], 3, axis=-1)
+
+
+def _in_range(depth: np.ndarray, scale_m: float, min_m: float, max_m: float) -> bool:
+    # float32 arithmetic and strict bounds, exactly as the fusion kernels decide validity
+    d = depth.astype(np.float32) * np.float32(scale_m)
+    return bool(np.any((d > np.float32(min_m)) & (d < np.float32(max_m))))
+
+
+def has_depth_in_range(depth: np.ndarray, scale_m: float, min_m: float, max_m: float) -> bool:
+    """Whether any pixel of (H, W) stored ``depth`` is a usable reading: ``min_m < d < max_m``
+    metres after scaling (NaN, inf, 0 and denormals are not). Looks at every 4th pixel of every
+    4th row first, so a normal frame costs a sixteenth of a full pass; only a frame with nothing
+    usable there is scanned in full."""
+    if _in_range(depth[::4, ::4], scale_m, min_m, max_m):
+        return True
+    return _in_range(depth, scale_m, min_m, max_m)
+
+
+def depth_span_m(depth: np.ndarray, scale_m: float) -> tuple[float, float] | None:
+    """(min, max) in metres of the finite, positive pixels of every 4th pixel of every 4th row
+    (for messages about unusable frames); None when there are none."""
+    d = depth[::4, ::4].astype(np.float64) * scale_m
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size == 0:
+        return None
+    return float(d.min()), float(d.max())
 
 
 def depth_to_metres(depth: np.ndarray, scale_m: float) -> np.ndarray:

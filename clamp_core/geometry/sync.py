@@ -19,6 +19,10 @@ class SyncError(ValueError):
     """A message the synchroniser cannot accept (unknown stream, time going backwards)."""
 
 
+class DuplicateStampError(SyncError):
+    """A message with the same stamp as the newest one of its stream (``reject_duplicates``)."""
+
+
 @dataclass(frozen=True)
 class SyncedSet:
     """One synchronised set: ``items[stream] = (stamp_ns, item)``; ``stamp_ns`` is the pivot's."""
@@ -37,9 +41,19 @@ class ApproximateTimeSync:
     streams: stream names; ``streams[0]`` is the reference.
     tolerance_s: max |stamp - pivot stamp| for a stream's message to join the set.
     queue_size: messages kept per stream (oldest dropped first).
+    reject_duplicates: raise DuplicateStampError for a message whose stamp equals the newest one
+        already accepted on its stream (a re-sent frame would otherwise make a second set with
+        the same pivot, i.e. a duplicate output). Off by default: offline data may repeat a
+        stamp on purpose.
     """
 
-    def __init__(self, streams: list[str], tolerance_s: float, queue_size: int = 30):
+    def __init__(
+        self,
+        streams: list[str],
+        tolerance_s: float,
+        queue_size: int = 30,
+        reject_duplicates: bool = False,
+    ):
         if not streams or len(set(streams)) != len(streams):
             raise ValueError(f"streams must be non-empty and unique, got {streams}")
         if tolerance_s < 0:
@@ -49,6 +63,7 @@ class ApproximateTimeSync:
         self.streams = list(streams)
         self.reference = streams[0]
         self.tolerance_ns = int(round(tolerance_s * 1e9))
+        self.reject_duplicates = reject_duplicates
         self._queues: dict[str, deque] = {s: deque(maxlen=queue_size) for s in streams}
         self._latest: dict[str, int | None] = {s: None for s in streams}
         self.dropped_pivots = 0  # reference messages that found no partner set
@@ -70,6 +85,11 @@ class ApproximateTimeSync:
             raise SyncError(
                 f"stream '{stream}': stamp {stamp_ns * 1e-9:.6f}s is older than the previous "
                 f"{last * 1e-9:.6f}s (time went backwards)"
+            )
+        if self.reject_duplicates and stamp_ns == last:
+            raise DuplicateStampError(
+                f"stream '{stream}': stamp {stamp_ns * 1e-9:.6f}s equals the previous message's "
+                f"(re-sent frame)"
             )
         self._latest[stream] = stamp_ns
         q = self._queues[stream]

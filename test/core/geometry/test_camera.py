@@ -96,6 +96,93 @@ def test_non_finite_distortion_raises(d):
         PinholeCamera.from_camera_info(W, H, K_REAL, d, "plumb_bob")
 
 
+def test_non_finite_distortion_message_is_bounded():
+    d = [0.1] * 100_000 + [np.nan]
+    with pytest.raises(CameraModelError, match=r"d\[100000\] = nan") as info:
+        PinholeCamera.from_camera_info(W, H, K_REAL, d, "plumb_bob")
+    assert len(str(info.value)) < 200
+
+
+# ----------------------------------------------------------------------------- coefficient counts
+# what OpenCV itself takes (measured): pinhole 4, 5, 8, 12, 14; fisheye exactly 4
+CV_PINHOLE_COUNTS = (4, 5, 8, 12, 14)
+
+
+def _cv_takes(model: str, n: int) -> bool:
+    k = np.reshape(K_REAL, (3, 3))
+    pts = np.array([[[10.0, 20.0]]])
+    d = np.full(n, 0.01)
+    try:
+        if model in ("equidistant", "fisheye"):
+            cv2.fisheye.undistortPoints(pts, k, d)
+        else:
+            cv2.undistortPoints(pts, k, d)
+    except cv2.error:
+        return False
+    return True
+
+
+def test_opencv_counts_are_what_the_checks_assume():
+    assert [n for n in range(1, 16) if _cv_takes("plumb_bob", n)] == list(CV_PINHOLE_COUNTS)
+    assert [n for n in range(1, 16) if _cv_takes("fisheye", n)] == [4]
+
+
+@pytest.mark.parametrize(
+    "model, ok",
+    [
+        ("plumb_bob", (4, 5)),
+        ("rational_polynomial", (8, 12, 14)),
+        ("equidistant", (4,)),
+        ("fisheye", (4,)),
+    ],
+)
+def test_distortion_count_per_model(model, ok):
+    """Each model takes its documented count (and OpenCV's compatible extensions); every other
+    count of non-zero coefficients is refused naming the model and both counts, before it can
+    reach OpenCV in the worker. What is accepted also works in OpenCV."""
+    k = K_FISHEYE if model in ("equidistant", "fisheye") else K_REAL
+    nominal = {"plumb_bob": 5, "rational_polynomial": 8}.get(model, 4)
+    for n in range(1, 16):
+        d = [0.001 * (i + 1) for i in range(n)]
+        if n in ok:
+            cam = PinholeCamera.from_camera_info(64, 48, k, d, model)
+            assert np.all(np.isfinite(cam.ray_grid()))
+            continue
+        with pytest.raises(CameraModelError) as info:
+            PinholeCamera.from_camera_info(64, 48, k, d, model)
+        msg = str(info.value)
+        assert f"'{model}'" in msg and f"needs {nominal} coefficients" in msg and f"got {n}" in msg
+
+
+@pytest.mark.parametrize(
+    "model, d",
+    [
+        ("equidistant", EQUIDISTANT + (0.0,)),  # a driver that pads d to 5
+        ("fisheye", EQUIDISTANT + (0.0,) * 4),
+        ("plumb_bob", PLUMB_BOB + (0.0,) * 3),
+        ("rational_polynomial", RATIONAL + (0.0,)),
+    ],
+)
+def test_zero_padding_beyond_the_model_count_is_ignored(model, d):
+    k = K_FISHEYE if model in ("equidistant", "fisheye") else K_REAL
+    nominal = {"plumb_bob": 5, "rational_polynomial": 8}.get(model, 4)
+    padded = PinholeCamera.from_camera_info(W, H, k, d, model)
+    exact = PinholeCamera.from_camera_info(W, H, k, d[:nominal], model)
+    np.testing.assert_array_equal(padded.ray_grid(), exact.ray_grid())
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 100])
+def test_all_zero_coefficients_of_any_count_are_an_ideal_camera(n):
+    cam = PinholeCamera.from_camera_info(W, H, K_REAL, (0.0,) * n, "rational_polynomial")
+    assert not cam.has_distortion
+
+
+def test_long_model_name_is_cut_in_the_message():
+    with pytest.raises(CameraModelError) as info:
+        PinholeCamera.from_camera_info(W, H, K_REAL, PLUMB_BOB, "m" * 100_000)
+    assert len(str(info.value)) < 300 and "100000 chars" in str(info.value)
+
+
 # ----------------------------------------------------------------------------- from_fov
 @pytest.mark.parametrize(
     "w, h, fov", [(640, 480, 60.0), (1280, 720, 90.0), (64, 48, 42.5), (5, 3, 120)]

@@ -12,8 +12,10 @@ from clamp_core.geometry.image import (
     ImageDecodeError,
     decode_color,
     decode_depth,
+    depth_span_m,
     depth_to_metres,
     encode_depth_mm,
+    has_depth_in_range,
 )
 
 H, W = 5, 7
@@ -279,3 +281,66 @@ def test_depth_to_metres_on_a_read_only_view():
     depth, scale = decode_depth("32FC1", 1, 2, step, False, data)
     assert not depth.flags.writeable
     assert depth_to_metres(depth, scale).tolist() == [[0.0, 1.0]]
+
+
+# ----------------------------------------------------------------------------- usable depth range
+DMIN, DMAX = 0.07, 3.0
+DENORMAL = np.float32(1e-40)
+
+
+@pytest.mark.parametrize(
+    "depth, scale",
+    [
+        (np.full((48, 64), 65535, np.uint16), 1e-3),  # a 'no data' marker everywhere
+        (np.full((48, 64), 3000, np.uint16), 1e-3),  # exactly at the far limit (exclusive)
+        (np.full((48, 64), 70, np.uint16), 1e-3),  # exactly at the near limit (exclusive)
+        (np.zeros((48, 64), np.uint16), 1e-3),
+        (np.full((48, 64), 1e30, np.float32), 1.0),
+        (np.full((48, 64), DENORMAL, np.float32), 1.0),
+        (np.full((48, 64), -0.5, np.float32), 1.0),
+        (np.full((48, 64), np.inf, np.float32), 1.0),
+        (np.full((48, 64), np.nan, np.float32), 1.0),
+    ],
+)
+def test_no_depth_in_range(depth, scale):
+    assert DENORMAL > 0 and DENORMAL < np.finfo(np.float32).tiny  # really a denormal
+    assert not has_depth_in_range(depth, scale, DMIN, DMAX)
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_one_usable_pixel_off_the_strided_grid_is_found(encoding):
+    if encoding == "16UC1":
+        depth, scale, good = np.full((48, 64), 65535, np.uint16), 1e-3, 500
+    else:
+        depth, scale, good = np.full((48, 64), 1e30, np.float32), 1.0, 0.5
+    depth[5, 7] = good  # not on the every-4th-pixel grid
+    assert has_depth_in_range(depth, scale, DMIN, DMAX)
+    depth[5, 7] = depth[0, 0]
+    depth[8, 12] = good  # on the grid
+    assert has_depth_in_range(depth, scale, DMIN, DMAX)
+
+
+def test_in_range_agrees_with_float32_fusion_rule():
+    """Validity as the fusion kernels decide it: float32(d) * float32(scale) strictly inside."""
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        depth = rng.integers(0, 4000, size=(9, 11)).astype(np.uint16)
+        d = depth.astype(np.float32) * np.float32(1e-3)
+        expected = bool(np.any((d > np.float32(DMIN)) & (d < np.float32(DMAX))))
+        assert has_depth_in_range(depth, 1e-3, DMIN, DMAX) == expected
+    assert has_depth_in_range(np.full((3, 3), 0.5, np.float32), 1.0, DMIN, DMAX)
+
+
+def test_depth_span_for_messages():
+    assert depth_span_m(np.full((8, 8), 65535, np.uint16), 1e-3) == pytest.approx((65.535, 65.535))
+    assert depth_span_m(np.zeros((8, 8), np.float32), 1.0) is None
+    d = np.full((8, 8), np.nan, np.float32)
+    d[0, 0], d[4, 4] = 2.0, 1e30
+    assert depth_span_m(d, 1.0) == pytest.approx((2.0, 1e30))
+
+
+def test_long_unsupported_encoding_is_cut_in_the_message():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_depth("x" * 100_000, 1, 1, 4, False, b"\0" * 4)
+    msg = str(info.value)
+    assert len(msg) < 300 and "100000 chars" in msg

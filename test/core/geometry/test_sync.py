@@ -11,7 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clamp_core.geometry.sync import ApproximateTimeSync, SyncedSet, SyncError
+from clamp_core.geometry.sync import (
+    ApproximateTimeSync,
+    DuplicateStampError,
+    SyncedSet,
+    SyncError,
+)
 
 MS = 1_000_000
 
@@ -143,6 +148,37 @@ def test_backwards_reference_raises():
     with pytest.raises(SyncError, match="'depth'"):
         sync.add("depth", 4 * MS, "d")
     sync.add("depth", 5 * MS, "same stamp again is not backwards")
+
+
+def test_duplicate_stamp_is_refused_when_asked_and_state_is_kept():
+    """A re-sent frame (same stamp as the newest on its stream) would make a second set with the
+    same pivot: with reject_duplicates it is refused and changes nothing."""
+    sync = ApproximateTimeSync(["depth", "color"], tolerance_s=0.01, reject_duplicates=True)
+    assert sync.add("depth", 5 * MS, "d") == []
+    got = sync.add("color", 5 * MS, "c")
+    assert [s.stamp_ns for s in got] == [5 * MS]
+    for stream, item in (("depth", "d again"), ("color", "c again")):
+        with pytest.raises(DuplicateStampError) as info:
+            sync.add(stream, 5 * MS, item)
+        msg = str(info.value)
+        assert f"'{stream}'" in msg and "0.005000s" in msg
+        assert isinstance(info.value, SyncError)
+    # nothing entered a queue: the next stamps make exactly one new set, with the new items
+    assert sync.add("depth", 6 * MS, "d6") == []
+    got = sync.add("color", 6 * MS, "c6")
+    assert as_plain(got) == [(6 * MS, {"depth": (6 * MS, "d6"), "color": (6 * MS, "c6")})]
+    # backwards is still the older error, and a reset forgets the stamps
+    with pytest.raises(SyncError, match="backwards"):
+        sync.add("depth", 5 * MS, "d")
+    sync.reset()
+    assert sync.add("depth", 6 * MS, "after reset") == []
+
+
+def test_duplicate_stamps_are_accepted_by_default():
+    sync = ApproximateTimeSync(["depth", "color"], tolerance_s=0.01)
+    sync.add("color", 5 * MS, "c")
+    assert len(sync.add("depth", 5 * MS, "d1")) == 1
+    assert len(sync.add("depth", 5 * MS, "d2")) == 1
 
 
 def test_unknown_stream_raises():
