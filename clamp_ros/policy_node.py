@@ -246,6 +246,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "max_input_age_s",
             "max_chunk_age_s",
             "tracking_lag_s",
+            "max_disagreement_s",
             "measured_tolerance",
             "gripper_measured_tolerance",
             "measured_overshoot_s",

@@ -72,6 +72,11 @@ class SafetyConfig:
     measured state by max_velocity x (tracking_lag_s + time since the measurement). The sim's
     experts lead it by up to 0.12 rad (wrist) and squeeze the gripper 0.5 past contact; a
     limit of one control period (0.06 rad) cut a Drawer Open policy's success by half."""
+    max_disagreement_s: float = 0.1
+    """The plan the controller follows may lie beyond the lead bound (plus one step) by up to
+    max_velocity x this: the next point then eases back towards the arm at the velocity limit
+    (a fresh measurement shows the arm did not keep up). Further than that (a blocked arm, a
+    wrong measurement), the plan stops instead, s."""
     measured_tolerance: float = 0.05
     """A measured arm joint further than this outside its position limits is implausible (a
     wrong reading, not the arm): commands stop until plausible states return, rad."""
@@ -144,6 +149,7 @@ class SafetyConfig:
             "max_chunk_age_s",
             "control_period_s",
             "tracking_lag_s",
+            "max_disagreement_s",
             "measured_tolerance",
             "gripper_measured_tolerance",
             "measured_overshoot_s",
@@ -340,24 +346,36 @@ class SafetyFilter:
             lead = self.max_velocity * (self.cfg.tracking_lag_s + since_m[k])
             # the velocity bound is around the point before (the invariant); the lead bound
             # narrows it, never widens it. The lead only grows along a plan, so the two can only
-            # be disjoint at the first point: the command the controller follows is further from
-            # the measured state than the arm can trail it (a blocked arm, or a wrong
-            # measurement). Then the plan stops here: no point may jump to either bound.
+            # be disjoint at the first point: the plan followed is further from the measured
+            # state than the arm can trail it (the arm lags or is blocked, or the measurement is
+            # wrong). A little further: the point eases back towards the arm at the velocity
+            # limit. Much further: the plan stops. It never jumps to the lead bound.
             lo_k = np.maximum(prev - step_max, hold - lead)
             hi_k = np.minimum(prev + step_max, hold + lead)
-            if (lo_k > hi_k).any():
-                j = int(np.argmax(np.abs(prev - hold) - lead))
-                return suppress(
-                    f"measured joint state disagrees with the plan: "
-                    f"{self.cfg.joint_names[j]} measured {hold[j]:.3f}, commanded "
-                    f"{prev[j]:.3f} (at most {lead[j]:.3f} + one step apart)"
-                )
-            changed = (np.abs(target[k] - prev) > step_max) | (np.abs(target[k] - hold) > lead)
+            disjoint = lo_k > hi_k
+            if disjoint.any():
+                gap = np.abs(prev - hold) - lead - step_max
+                far = disjoint & (gap > self.max_velocity * self.cfg.max_disagreement_s)
+                if far.any():
+                    j = int(np.argmax(np.where(far, gap, -np.inf)))
+                    return suppress(
+                        f"measured joint state disagrees with the plan: "
+                        f"{self.cfg.joint_names[j]} measured {hold[j]:.3f}, commanded "
+                        f"{prev[j]:.3f} (at most {lead[j]:.3f} + "
+                        f"{step_max[j] + self.max_velocity[j] * self.cfg.max_disagreement_s:.3f}"
+                        " apart)"
+                    )
+                back = np.where(prev > hold, prev - step_max, prev + step_max)
+                lo_k = np.where(disjoint, back, lo_k)
+                hi_k = np.where(disjoint, back, hi_k)
+            changed = (
+                (np.abs(target[k] - prev) > step_max) | (np.abs(target[k] - hold) > lead) | disjoint
+            )
             # untouched values are passed through bit for bit (identity on safe input)
             out[k] = np.where(changed, np.clip(target[k], lo_k, hi_k), target[k])
             # which bound held it: the tighter one on the side it was clipped
             up = target[k] > hi_k
-            by_velocity = np.where(
+            by_velocity = ~disjoint & np.where(
                 up, prev + step_max <= hold + lead, prev - step_max >= hold - lead
             )
             clipped[VELOCITY_LIMIT] += int(np.count_nonzero(changed & by_velocity))

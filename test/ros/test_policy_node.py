@@ -99,6 +99,10 @@ class Robot:
         self.publish_joints = True
         # side -> fn(stamp) -> JointState: what a hostile or broken driver sends instead
         self.override: dict = {}
+        # follow: the arms track the trajectories received, as under a JTC (else they stay put,
+        # like arms that cannot move: the node then stops once its plan is far ahead of them)
+        self.follow = False
+        self.plans: dict[str, tuple[np.ndarray, np.ndarray] | None] = {"left": None, "right": None}
         self.traj: dict[str, list[tuple[float, JointTrajectory]]] = {"left": [], "right": []}
         self.diag: list = []
         self.js_pubs = {
@@ -109,7 +113,7 @@ class Robot:
             node.create_subscription(
                 JointTrajectory,
                 f"/{s}_arm_controller/joint_trajectory",
-                lambda m, s=s: self.traj[s].append((time.monotonic(), m)),
+                lambda m, s=s: self._on_traj(s, m),
                 50,
             )
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
@@ -119,6 +123,24 @@ class Robot:
         self.enable = node.create_client(SetBool, f"{ns}/enable")
         self.clock_ns: int | None = None
         self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+
+    def _on_traj(self, side: str, msg: JointTrajectory) -> None:
+        self.traj[side].append((time.monotonic(), msg))
+        if not msg.points:
+            self.plans[side] = None  # stop: hold where the arm is
+            return
+        t0 = stamp_to_ns(msg.header.stamp)
+        times = np.array(
+            [t0 + p.time_from_start.sec * 10**9 + p.time_from_start.nanosec for p in msg.points]
+        )
+        self.plans[side] = (times, np.array([list(p.positions) for p in msg.points]))
+
+    def _follow(self, now_ns: int) -> None:
+        for k, side in enumerate(("left", "right")):
+            plan = self.plans[side]
+            if plan is not None:
+                times, pos = plan
+                self.q[7 * k : 7 * k + 7] = [np.interp(now_ns, times, pos[:, j]) for j in range(7)]
 
     def _on_diag(self, msg):
         for st in msg.status:
@@ -132,6 +154,8 @@ class Robot:
         if not self.publish_joints:
             return
         now = self.node.get_clock().now().to_msg()
+        if self.follow:
+            self._follow(stamp_to_ns(now))
         for k, s in enumerate(("left", "right")):
             if s in self.override:
                 self.js_pubs[s].publish(self.override[s](now))
@@ -228,6 +252,7 @@ def check_trajectory(msg: JointTrajectory, q_measured: np.ndarray, side: int):
 def test_lifecycle_transitions_and_commands(graph, models):
     robot, env, tmp, _ = graph
     proc = start_policy(graph, "lifecycle", models / "tiny", autostart=False)
+    robot.follow = True
     try:
         assert robot.state() == "unconfigured"
         assert robot.transition(Transition.TRANSITION_CONFIGURE)
@@ -263,6 +288,9 @@ def test_lifecycle_transitions_and_commands(graph, models):
         assert robot.transition(Transition.TRANSITION_CLEANUP)
         assert robot.state() == "unconfigured"
     finally:
+        robot.follow = False
+        robot.plans = {"left": None, "right": None}
+        robot.q[:] = Q0
         code = stop_process(proc)
     assert code in (0, -2), log_tail(proc)
 
@@ -612,6 +640,7 @@ def test_tf_stopping_stops_commands_and_recovers(models, ros_domain_id, tmp_path
     )
     with rclpy_session(env, "tf_checker") as node:
         robot = Robot(node)
+        robot.follow = True
         relay = {"on": True}
         tf_pub = node.create_publisher(TFMessage, "/tf", TF_QOS)
         node.create_subscription(
@@ -723,14 +752,14 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
             node._infer(policy, fresh, views, Q0, fresh, time.perf_counter())
             assert node.executor_.num_chunks == 1
             # the policy gets the joint state taken with its images, not the newest one
-            for k in range(5):
+            for k in range(5):  # plausible states: 10 mrad per 20 ms
                 for side in ("left", "right"):
-                    msg = JointState(name=list(ARM), position=[float(k)] * 7)
+                    msg = JointState(name=list(ARM), position=[0.01 * k] * 7)
                     msg.header.stamp = ns_to_stamp(T_JS + k * 20_000_000)
                     node.on_joint_state(side, msg)
-            np.testing.assert_array_equal(node._measured_at(T_JS + 45_000_000), np.full(14, 2.0))
+            np.testing.assert_array_equal(node._measured_at(T_JS + 45_000_000), np.full(14, 0.02))
             np.testing.assert_array_equal(node._measured_at(T_JS - 1), np.zeros(14))
-            np.testing.assert_array_equal(node._measured()[0], np.full(14, 4.0))
+            np.testing.assert_array_equal(node._measured()[0], np.full(14, 0.04))
         finally:
             node.destroy_node()
 

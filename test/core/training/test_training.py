@@ -503,13 +503,16 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     vmax = np.array(limits.max_velocity)
     lo, hi = limits.limits()
     cmd, meas = tr["command"], np.clip(tr["measured"], lo, hi)  # the filter's hold point
-    # every command within max_velocity x tracking_lag_s of where the arm is, and each step
-    # within max_velocity x dt, unless the filter pulled a command back towards the arm
-    lead = np.abs(cmd - meas) - vmax * limits.tracking_lag_s
+    # every command within max_velocity x tracking_lag_s of where the arm is (or easing back to
+    # that bound: within the margin where the plan would stop), and each step within
+    # max_velocity x dt of the one before, except a stop, which holds where the arm is
+    margin = limits.tracking_lag_s + limits.control_period_s + limits.max_disagreement_s
+    lead = np.abs(cmd - meas) - vmax * margin
     assert lead.max() <= 1e-9, (lead.max(), np.unravel_index(lead.argmax(), lead.shape))
-    fast = np.abs(np.diff(cmd, axis=0)) > vmax * 0.02 + 1e-9
-    towards = np.abs(cmd[1:] - meas[1:]) < np.abs(cmd[:-1] - meas[1:])
-    assert np.all(towards[fast])
+    step_ok = (np.abs(np.diff(cmd, axis=0)) <= vmax * 0.02 + 1e-9).all(axis=1)
+    holds = (cmd == meas).all(axis=1)  # a stop: hold where the arm is
+    from_arm = (np.abs(cmd[1:] - meas[1:]) <= vmax * 0.02 + 1e-9).all(axis=1)
+    assert np.all(step_ok | holds[1:] | (holds[:-1] & from_arm))
     assert np.all(tr["command"] >= np.array(limits.position_min) - 1e-9)
     assert np.all(tr["command"] <= np.array(limits.position_max) + 1e-9)
     # the arms rested before the first frame: the measured start is off the exact reset pose
