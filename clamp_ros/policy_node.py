@@ -26,7 +26,6 @@ Services     ~/enable (std_srvs/SetBool)
 
 from __future__ import annotations
 
-import bisect
 import collections
 import sys
 import threading
@@ -46,22 +45,16 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from clamp_core.aloha import ALOHA_JOINT_NAMES, ARM_JOINT_NAMES
 from clamp_core.perception import PerceptionError
 from clamp_core.perception.config import ConfigError
-from clamp_core.policy.execution import ChunkExecutor, ExecutionConfig
+from clamp_core.policy.engine import EngineConfig, PolicyEngine
+from clamp_core.policy.execution import ExecutionConfig
 from clamp_core.policy.metadata import MetadataError, check_compatible
 from clamp_core.policy.runtime import (
     OnnxPolicy,
     PolicyInputError,
     PolicyLoadError,
-    PolicyObservation,
     PolicyOutputError,
 )
-from clamp_core.policy.safety import (
-    JointStateCheck,
-    MeasuredStateValidator,
-    SafetyConfig,
-    SafetyFilter,
-    aloha_defaults,
-)
+from clamp_core.policy.safety import JointStateCheck, SafetyConfig, aloha_defaults
 
 from .conversions import ns_to_stamp, stamp_to_ns
 from .graph import share_dir
@@ -160,6 +153,12 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.joint_state_max_age_s = d(
             "joint_state_max_age_s", 0.2, "Joint states older than this (vs the image) are stale."
         )
+        self.seed = d(
+            "seed",
+            0,
+            "Run seed of the diffusion noise: each observation's noise is drawn from (seed, "
+            "its stamp), so replay computes the same chunks.",
+        )
         self.time_reset_s_policy = d(
             "policy_time_reset_s",
             1.0,
@@ -172,35 +171,28 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             **declare_dataclass(self, "execution", ExecutionConfig(), skip=("max_chunk_age_s",)),
             max_chunk_age_s=self.safety_cfg.max_chunk_age_s,
         )
-        self.safety = SafetyFilter(self.safety_cfg)
 
         self.policy: OnnxPolicy | None = None
-        self.executor_ = ChunkExecutor(self.exec_cfg, self.joint_names)
         self.active = False
         self.lock = threading.Lock()
         self.joint_index = self._joint_index()
-        # joint states are inputs to validate, not targets: each arm's messages are checked
-        # (names, limits, speed) before the node believes them
-        self.qpos_check = MeasuredStateValidator(
-            self.safety_cfg,
+        # the decision logic (joint state validation, history, restarts, chunk execution,
+        # safety) is the engine's, shared with clamp eval sim and replay; this node feeds it
+        # messages and its clock, under self.lock
+        self.engine = PolicyEngine(
+            self.joint_names,
             {
                 arm: [(j, self.joint_index[(arm, j)]) for j in self.arm_cfg[arm]["joints"]]
                 for arm in self.arms
             },
-            time_reset_s=self.time_reset_s_policy,
+            self.safety_cfg,
+            self.exec_cfg,
+            EngineConfig(
+                control_rate_hz=self.control_rate_hz,
+                time_reset_s=self.time_reset_s_policy,
+                seed=self.seed,
+            ),
         )
-        self.qpos_problem: dict[str, str | None] = {arm: None for arm in self.arms}
-        self.qpos = np.full(len(self.joint_names), np.nan)
-        self.qpos_arm_ns = {arm: None for arm in self.arms}
-        self.qpos_arm_rx = {arm: None for arm in self.arms}
-        # each arm's recent joint states (stamp ns, positions): the policy gets the ones taken
-        # with its images, as in training, not whatever arrived since
-        self.qpos_arm_recent = {arm: collections.deque(maxlen=256) for arm in self.arms}
-        self.history: collections.deque = collections.deque(maxlen=500)
-        self.last_obs_stamp: int | None = None
-        # plans come only from observations stamped at or after the last (re)start: activate,
-        # enable, a clock reset (the scene before it, e.g. the previous episode, is gone)
-        self.plan_after_ns = 0
         # monotonic time of the newest complete observation (images + tf poses, or views)
         self.last_view_rx: float | None = None
         self.tf_wait_ms: float | None = None
@@ -210,8 +202,6 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.holding = False
         self.commanded_until_ns = 0
         self.sent_since_stop = False  # a command this node sent may still be running
-        # the last plan sent (times (K,), positions (K, 14)): what the controller follows
-        self.last_plan: tuple[np.ndarray, np.ndarray] | None = None
         self.stats = {
             k: LatencyStats()
             for k in (
@@ -327,15 +317,12 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
     def _restart(self, since_ns: int) -> None:
         """Forget every chunk and the action history (call with the lock held); observations
         stamped before ``since_ns`` and inferences already running on them are dropped."""
-        self.executor_.reset()
-        self.history.clear()
-        self.plan_after_ns = since_ns
-        self.last_plan = None  # the next command starts from the measured state
+        self.engine.restart(since_ns)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         with self.lock:
             self._restart(self._now())
-            self.qpos_check.reset()
+            self.engine.vouch()
             self.active = True
             self.holding = False
         self.get_logger().info("active: inference running")
@@ -369,7 +356,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             self._hold("disabled")
         else:  # the operator vouches for the arm: joint states are judged afresh
             with self.lock:
-                self.qpos_check.reset()
+                self.engine.vouch()
         if self.enabled and not was:
             with self.lock:  # a fresh start: nothing planned before the pause is replayed
                 self._restart(self._now())
@@ -399,70 +386,43 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             raise ConfigError(f"output '{self.output}' must be joint_trajectory or interbotix")
 
     def on_joint_state(self, arm: str, msg: JointState) -> None:
-        try:
-            stamp = stamp_to_ns(msg.header.stamp) or self._now()
-            check = self.qpos_check.check(arm, msg.name, msg.position, stamp)
-        except ValueError as e:  # a malformed stamp
-            check = JointStateCheck(None, f"{arm}: {e}")
+        now = self._now()
+        with self.lock:
+            was = self.engine.qpos_problem[arm]
+            try:
+                stamp = stamp_to_ns(msg.header.stamp) or now
+                check = self.engine.joint_state(arm, msg.name, msg.position, stamp, now)
+            except ValueError as e:  # a malformed stamp
+                check = JointStateCheck(None, f"{arm}: {e}")
+                self.engine.reject_joint_state(arm, check.problem)
         if check.problem is not None:
             self.drops["rejected_joint_states"] += 1
-            with self.lock:
-                self.qpos_arm_ns[arm] = None  # never command from a state not believed
-                self.qpos_problem[arm] = check.problem
             return self.error((arm, "joint_states"), f"joint_states rejected: {check.problem}")
         if check.positions is None:
             self.drops["joint_states_out_of_order"] += 1
-            return
-        pos = check.positions
-        idx = [self.joint_index[(arm, j)] for j in self.arm_cfg[arm]["joints"]]
-        with self.lock:
-            if self.qpos_problem[arm] is not None:
-                self.get_logger().info(f"{arm} joint_states plausible again")
-            self.qpos_problem[arm] = None
-            self.qpos[idx] = pos
-            self.qpos_arm_ns[arm] = stamp
-            self.qpos_arm_rx[arm] = self._now()
-            recent = self.qpos_arm_recent[arm]
-            if recent and stamp < recent[-1][0]:
-                recent.clear()  # the clock went backwards (sim reset, bag loop)
-            recent.append((stamp, pos))
+        elif was is not None:
+            self.get_logger().info(f"{arm} joint_states plausible again")
 
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
 
     def _measured_at(self, stamp: int) -> np.ndarray | None:
-        """The joint state at ``stamp`` (an observation's): per arm the newest sample stamped
-        at or before it (the oldest kept if all are newer); None while an arm has no valid
-        state. Commands are still checked against the newest state (``_measured``)."""
+        """The joint state at ``stamp`` (an observation's): see PolicyEngine.measured_at."""
         with self.lock:
-            if any(v is None for v in self.qpos_arm_ns.values()):
-                return None
-            q = self.qpos.copy()
-            for arm, recent in self.qpos_arm_recent.items():
-                if not recent:
-                    continue
-                i = bisect.bisect_right([r[0] for r in recent], stamp) - 1
-                want = self.arm_cfg[arm]["joints"]
-                q[[self.joint_index[(arm, j)] for j in want]] = recent[max(i, 0)][1]
-            return q
+            return self.engine.measured_at(stamp)
 
     def _no_joint_states(self) -> None:
         """Suppress a plan for want of a believed joint state, naming why."""
-        problem = self._measured()[2]
-        if problem:
-            return self._suppress(
-                "rejected_joint_states", f"measured joint state rejected ({problem})"
-            )
-        return self._suppress("no_joint_states", "no valid joint states from every arm yet")
+        with self.lock:
+            reason = self.engine.no_state_reason()
+        key = "rejected_joint_states" if "rejected" in reason else "no_joint_states"
+        return self._suppress(key, reason)
 
     def _measured(self) -> tuple[np.ndarray | None, int | None, str | None]:
         """(newest believed joint state, its oldest arm's receive time, why an arm's newest
         state was rejected (None: believed))."""
         with self.lock:
-            problem = "; ".join(p for p in self.qpos_problem.values() if p) or None
-            if any(v is None for v in self.qpos_arm_ns.values()):
-                return None, None, problem
-            return self.qpos.copy(), min(self.qpos_arm_rx.values()), problem
+            return (*self.engine.measured(), self.engine.measured_problem)
 
     # ------------------------------------------------------------------ inference (worker)
     def handle_posed(self, synced, frames, cam_poses, view_poses, t0: float) -> None:
@@ -474,49 +434,42 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             return
         stamp = synced.stamp_ns
         self.last_view_rx = time.monotonic()  # a complete set with its camera poses (tf)
-        self._time_check(stamp)
-        if self._before_restart(stamp) or not self.executor_.needs_inference(start_ns):
+        if not self._wants(stamp, start_ns):
             return
-        qpos = self._measured_at(stamp)
-        if qpos is None:
-            return self._no_joint_states()
         t1 = time.perf_counter()
         result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
-        self._infer(policy, stamp, result.views.images, qpos, start_ns, t1)
+        self._infer(policy, stamp, result.views.images, start_ns, t1)
 
-    def _time_check(self, stamp: int) -> None:
-        if self.last_obs_stamp is not None and (
-            self.last_obs_stamp - stamp > self.time_reset_s_policy * 1e9
-        ):
-            self.warn("reset", "observation time jumped backwards: dropping chunks and history")
-            with self.lock:
-                self._restart(stamp)
-        self.last_obs_stamp = stamp
+    def _wants(self, stamp: int, now: int) -> bool:
+        """Whether to infer on the observation at ``stamp`` (the engine's time checks)."""
+        with self.lock:
+            wants, warning = self.engine.wants(stamp, now)
+        if warning:
+            self.warn("reset", warning)
+        return wants
 
     def _before_restart(self, stamp: int) -> bool:
         """The observation predates the last (re)start: never plan from it."""
         with self.lock:
-            return stamp < self.plan_after_ns
+            return stamp < self.engine.plan_after_ns
 
-    def _infer(self, policy, stamp, views, qpos, start_ns: int, t1: float) -> None:
+    def _infer(self, policy, stamp, views, start_ns: int, t1: float) -> None:
         """Views (V, H, W, 4) at ``stamp`` -> chunk -> executor -> (trajectory) commands."""
         t2 = time.perf_counter()
         meta = policy.metadata
-        obs = PolicyObservation(
-            stamp_ns=stamp,
-            views=views,
-            qpos=qpos,
-            action_history=self._history(stamp, meta.action_history, qpos),
-        )
+        with self.lock:
+            obs = self.engine.observation(stamp, views, meta.action_history)
+            noise = self.engine.noise(stamp, (meta.action_horizon, meta.action_dim))
+        if obs is None:
+            return self._no_joint_states()
         try:
-            chunk = policy.predict(obs)
+            chunk = policy.predict(obs, noise=noise)
         except (PolicyInputError, PolicyOutputError) as e:
             return self._suppress("bad_inference", f"no command from this observation: {e}")
         t3 = time.perf_counter()
         with self.lock:
-            if stamp < self.plan_after_ns:  # (re)started while this inference ran
-                return
-            self.executor_.add_chunk(chunk, now_ns=self._now())
+            if not self.engine.deliver(chunk, now_ns=self._now()):
+                return  # (re)started while this inference ran, or already outdated
         self.inference_rate.tick()
         published = False
         if self.output == "joint_trajectory":
@@ -596,30 +549,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         if policy is None or not active:
             return
         self.last_view_rx = time.monotonic()
-        self._time_check(synced.stamp_ns)
-        if self._before_restart(synced.stamp_ns) or not self.executor_.needs_inference(start_ns):
+        if not self._wants(synced.stamp_ns, start_ns):
             return
-        qpos = self._measured_at(synced.stamp_ns)
-        if qpos is None:
-            return self._no_joint_states()
-        self._infer(policy, synced.stamp_ns, synced.images, qpos, start_ns, time.perf_counter())
-
-    def _history(self, stamp: int, n: int, qpos: np.ndarray) -> np.ndarray:
-        """(n, 14) commanded actions at stamp - n*dt .. stamp - dt (oldest first); the measured
-        position where nothing was commanded yet (as training pads episode starts)."""
-        out = np.tile(qpos, (n, 1))
-        with self.lock:
-            hist = list(self.history)
-        if not hist or n == 0:
-            return out
-        times = np.array([h[0] for h in hist])
-        dt = int(1e9 / self.control_rate_hz)
-        for k in range(n):
-            t = stamp - (n - k) * dt
-            i = int(np.searchsorted(times, t, side="right")) - 1
-            if i >= 0:
-                out[k] = hist[i][1]
-        return out
+        self._infer(policy, synced.stamp_ns, synced.images, start_ns, time.perf_counter())
 
     # ------------------------------------------------------------------ commanding
     def _inputs(self) -> dict[str, int]:
@@ -634,67 +566,40 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         last = self.last_view_rx
         out["observation"] = now - int(1e9 * (now_mono - last if last is not None else 1e9))
         with self.lock:
-            for arm, rx in self.qpos_arm_rx.items():
+            for arm, rx in self.engine.qpos_rx.items():
                 out[f"{arm} joint_states"] = rx if rx is not None else now - int(1e18)
         return out
 
     def _safe(self, times: np.ndarray, positions: np.ndarray, now: int):
-        qpos, q_ns, problem = self._measured()
-        measured = qpos if qpos is not None else np.full(len(self.joint_names), np.nan)
-        res = self.safety.filter(
-            times,
-            positions,
-            measured,
-            q_ns if q_ns is not None else 0,
-            self._inputs(),
-            now,
-            enabled=self.enabled,
-            previous=self._previous_command(int(times[0])),
-            measured_problem=problem,
-        )
-        if res.suppressed:
-            self._suppress(res.suppressed.split(" ")[0], res.suppressed)
-            if res.suppressed != "disabled":
-                self._hold(res.suppressed)
+        inputs = self._inputs()
+        with self.lock:
+            plan = self.engine.safe(times, positions, now, inputs, enabled=self.enabled)
+        if not plan.ok:
+            self._suppress(plan.stop.split(" ")[0], plan.stop)
+            if plan.stop != "disabled":
+                self._hold(plan.stop)
             return None
-        for k, n in res.clipped.items():
+        for k, n in plan.clipped.items():
             self.clipped[k] += int(n)
         self.holding = False
-        return res.positions
-
-    def _previous_command(self, t: int) -> np.ndarray | None:
-        """The last plan sent, at time ``t`` (linear between its points, as JTC runs it; its
-        last point once it has ended); None when nothing was sent or it ended over
-        max_input_age_s ago (the arm may have been moved since)."""
-        plan = self.last_plan
-        if plan is None:
-            return None
-        times, pos = plan
-        if t - int(times[-1]) > self.safety_cfg.max_input_age_s * 1e9:
-            return None
-        i = int(np.searchsorted(times, t, side="right"))
-        if i == 0:
-            return pos[0]
-        if i >= len(times):
-            return pos[-1]
-        w = (t - int(times[i - 1])) / (int(times[i]) - int(times[i - 1]))
-        return pos[i - 1] + w * (pos[i] - pos[i - 1])
+        return plan
 
     def _publish_trajectory(self, now: int) -> bool:
         with self.lock:
-            times, positions = self.executor_.trajectory(now, 10_000)
+            times, positions = self.engine.executor.trajectory(now, self.engine.cfg.max_points)
         if len(times) == 0:
             return False
-        safe = self._safe(times, positions, now)
-        if safe is None:
+        plan = self._safe(times, positions, now)
+        if plan is None:
             return False
         with self.lock:  # deactivated or disabled while this was computed: nothing goes out
             if not (self.active and self.enabled):
                 return False
-            self._send_trajectory(times, safe)
+            self._send_trajectory(plan)
         return True
 
-    def _send_trajectory(self, times: np.ndarray, positions: np.ndarray) -> None:
+    def _send_trajectory(self, plan) -> None:
+        times, positions = plan.times_ns, plan.positions
         stamp = int(times[0])
         for arm in self.arms:
             joints = self.arm_cfg[arm]["joints"]
@@ -710,7 +615,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 msg.points.append(p)
             self.pubs[arm].publish(msg)
         self.commanded_until_ns = int(times[-1])
-        self.last_plan = (np.asarray(times, np.int64), np.asarray(positions, np.float64))
+        self.engine.sent(plan)
         self.sent_since_stop = True
         self.command_rate.tick()
 
@@ -728,7 +633,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self.pubs[arm][1].publish(
                     single_cls(name="gripper", cmd=float(off + scale * q[idx["gripper"]]))
                 )
-        self.last_plan = (np.array([self._now()], np.int64), np.array(q, np.float64)[None])
+        self.engine.last_plan = (
+            np.array([self._now()], np.int64),
+            np.array(q, np.float64)[None],
+        )
         self.sent_since_stop = True
         self.command_rate.tick()
 
@@ -745,7 +653,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 return
             self.holding = True
             sent, self.sent_since_stop = self.sent_since_stop, False
-            self.last_plan = None
+            self.engine.stopped()
             self.commanded_until_ns = 0
             if sent and self.output == "joint_trajectory":
                 stamp = ns_to_stamp(self._now())
@@ -768,19 +676,16 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         now = self._now()
         with self.lock:
             active = self.active
-            cmd = self.executor_.command_at(now) if active else None
-        if cmd is not None:
-            with self.lock:
-                self.history.append((now, cmd))
+            cmd = self.engine.tick(now) if active else None
         if not active or not self.enabled:
             return
         if self.output == "interbotix":
             if cmd is not None:
-                safe = self._safe(np.array([now]), cmd[None], now)
-                if safe is not None:
+                plan = self._safe(np.array([now]), cmd[None], now)
+                if plan is not None:
                     with self.lock:
                         if self.active and self.enabled:
-                            self._send_interbotix(safe[0])
+                            self._send_interbotix(plan.positions[0])
             return
         # the watchdog: a trajectory already handed to the controller keeps running, so a stale
         # or invalid input must actively cut it
@@ -789,13 +694,14 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             if problem:
                 self._suppress(problem.split(" ")[0], problem)
                 with self.lock:
-                    self.executor_.reset()
+                    self.engine.executor.reset()
                 self._hold(problem)
 
     def _input_problem(self, now: int) -> str | None:
         """Why nothing may be commanded now (the safety filter's watchdog), else None."""
-        qpos, q_ns, problem = self._measured()
-        return self.safety.input_problem(qpos, q_ns, self._inputs(), now, problem)
+        inputs = self._inputs()
+        with self.lock:
+            return self.engine.watchdog(now, inputs)
 
     # ------------------------------------------------------------------ diagnostics
     def on_diagnostics(self) -> None:

@@ -2,9 +2,11 @@
 
 The same pieces as the robot: cameras rendered by the sim, views by the perception pipeline from
 depth + extrinsics (``EpisodeRenderer``, the training-time path), the ONNX Runtime policy and
-the policy node's chunk executor (``ChunkExecutor``, any execution mode; by default the one the
-demo and robot configs use) and its safety filter (the ALOHA limits, every command limited from
-the previous one and against the measured state). By default inference takes no simulated time
+the policy node's own engine (``PolicyEngine``: joint state validation, action history,
+restarts, chunk execution in any mode, by default the one the demo and robot configs use, and
+the safety filter). As on the robot, each chunk that arrives becomes a trajectory the simulated
+controller follows (a JointTrajectoryController's linear interpolation); a stop holds the arm
+where it is. By default inference takes no simulated time
 and there is no transport (``latency_steps`` and ``camera_every`` model them): it measures the
 model, while `clamp demo` measures the model plus the ROS 2 deployment.
 """
@@ -12,7 +14,6 @@ model, while `clamp demo` measures the model plus the ROS 2 deployment.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
@@ -34,6 +35,8 @@ def evaluate(
     camera_every: int = 1,
     settle_steps: int = 5,
     trace: bool = False,
+    policy=None,
+    noise_seed: int | None = 0,
 ) -> dict:
     """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``, as in
     config/aloha_bimanual.yaml and the demo); ``safety``: run the node's safety filter
@@ -47,20 +50,30 @@ def evaluate(
     reset pose every demo starts from. ``trace``: each episode's result also holds
     ``trace``, numpy arrays per control step: ``t_s`` (T,), ``policy`` (T, 14) what the
     executor planned, ``command`` (T, 14) what the sim was sent (after the safety filter),
-    ``measured`` (T, 14) the joint positions before that step, and ``inference_steps`` (the
-    steps where a chunk was requested); not JSON, see ``clamp_core.eval.plots``."""
+    ``measured`` (T, 14) the joint positions before that step, ``held`` (T,) whether the
+    command was a hold (nothing sent yet, or stopped), and ``inference_steps`` (the steps
+    where a chunk was requested); not JSON, see ``clamp_core.eval.plots``. ``policy``:
+    run this object instead of loading ``model_dir`` (OnnxPolicy's ``metadata``, ``schedule``
+    and ``predict``; e.g. a scripted policy), and call its ``start_episode(task, sim, seed)``,
+    if it has one, once the arms have rested. ``noise_seed``: the run seed of the diffusion
+    noise (each observation's noise comes from it and the observation's stamp, as in the node),
+    so an evaluation is reproducible."""
     import dataclasses
 
     from tqdm import tqdm
 
-    from ..policy.execution import ChunkExecutor, ExecutionConfig
-    from ..policy.runtime import OnnxPolicy, PolicyObservation
-    from ..policy.safety import SafetyFilter, aloha_defaults
+    from ..policy.engine import EngineConfig, Plan, PolicyEngine
+    from ..policy.execution import ExecutionConfig
+    from ..policy.runtime import OnnxPolicy
+    from ..policy.safety import aloha_defaults
     from ..sim.tasks import make_task
     from ..sim.tasks.base import SuccessMonitor
     from ..training.data import EpisodeRenderer
 
-    policy = OnnxPolicy(model_dir, threads=threads, inference_steps=inference_steps)
+    if policy is None:
+        policy = OnnxPolicy(model_dir, threads=threads, inference_steps=inference_steps)
+    elif not isinstance(policy, OnnxPolicy):  # scripted policies draw no diffusion noise
+        noise_seed = None
     meta = policy.metadata
     renderer = EpisodeRenderer(meta.perception_config())
     calib = None
@@ -75,78 +88,123 @@ def evaluate(
             f"{latency_steps}, {settle_steps}, {camera_every}"
         )
     exec_cfg = execution if execution is not None else ExecutionConfig(mode="async")
-    executor = ChunkExecutor(exec_cfg, meta.joint_names)
     dt_ns = round(1e9 / meta.control_rate_hz)
-    filt = SafetyFilter(
-        aloha_defaults(joint_names=list(meta.joint_names), control_period_s=dt_ns * 1e-9)
+    joints = list(meta.joint_names)
+    safety_cfg = aloha_defaults(joint_names=joints, control_period_s=dt_ns * 1e-9)
+    # the policy node's engine, with the sim as its one joint state source and its controller
+    engine = PolicyEngine(
+        joints,
+        {"sim": [(j, i) for i, j in enumerate(joints)]},
+        safety_cfg,
+        dataclasses.replace(exec_cfg, max_chunk_age_s=safety_cfg.max_chunk_age_s),
+        EngineConfig(control_rate_hz=meta.control_rate_hz, seed=noise_seed or 0),
     )
+    F, A = meta.action_horizon, meta.action_dim
     clipped: dict[str, int] = {}
+
+    def count(key: str, n: int = 1) -> None:
+        clipped[key] = clipped.get(key, 0) + n
+
     for seed in tqdm(list(seeds), desc=f"eval {task_name}", disable=not progress):
         task.reset(sim, seed)
         rest = sim.qpos14()
         for _ in range(settle_steps):
             sim.step(rest)
+        if hasattr(policy, "start_episode"):
+            policy.start_episode(task, sim, seed)
         monitor.reset()
-        executor.reset()
-        history: deque = deque(maxlen=max(meta.action_history, 1))
-        t0, inferences, previous, pending = time.perf_counter(), 0, None, None
-        steps_rec: dict[str, list] = {"policy": [], "command": [], "measured": [], "infer": []}
+        # a new episode on a clock that starts again: the node's enable (a fresh start)
+        engine.restart(0)
+        engine.vouch()
+        engine.stopped()
+        engine.last_obs_stamp = None
+        t0, inferences, pending, hold = time.perf_counter(), 0, None, None
+        steps_rec: dict[str, list] = {
+            "policy": [],
+            "command": [],
+            "measured": [],
+            "infer": [],
+            "held": [],
+        }
+
+        def send(now: int) -> None:
+            """A chunk arrived: the plan from now goes to the controller (the sim follows it),
+            as the node publishes it; a stop holds the arm where it is."""
+            nonlocal hold
+            times, positions = engine.executor.trajectory(now, engine.cfg.max_points)
+            if len(times) == 0:
+                return
+            if safety:
+                plan = engine.safe(times, positions, now, {}, enabled=True)
+                for k, n in plan.clipped.items():
+                    count(k, n)
+            else:
+                plan = Plan(times, positions, None, {})
+            if plan.ok:
+                engine.sent(plan)
+                hold = None
+            else:
+                count("suppressed " + plan.stop.split(":")[0])
+                engine.stopped()
+                hold = np.clip(sim.qpos14(), *safety_cfg.limits())
+
         for step in range(task.max_steps):
             now = step * dt_ns
+            measured = sim.qpos14()
+            check = engine.joint_state("sim", joints, measured, now, now)
+            if check.problem is not None:
+                count("rejected joint states")
             if pending is not None and step >= pending[0]:
-                executor.add_chunk(pending[1], now_ns=now)
+                if engine.deliver(pending[1], now):
+                    send(now)
                 pending = None
-            if pending is None and step % camera_every == 0 and executor.needs_inference(now):
-                frame = sim.observe(cameras=cams, render=True, color=False)
-                if calib is None:
-                    from ..data.episode import CameraCalib
+            if pending is None and step % camera_every == 0:
+                wants, _ = engine.wants(now, now)
+                obs = None
+                if wants:
+                    frame = sim.observe(cameras=cams, render=True, color=False)
+                    if calib is None:
+                        from ..data.episode import CameraCalib
 
-                    calib = {c: CameraCalib.from_pinhole(c, sim.intrinsics[c]) for c in cams}
-                rec = {
-                    "stamp_ns": now,
-                    "extrinsics": frame.extrinsics,
-                    "depth_mm": {c: encode_depth_mm(frame.depth_m[c]) for c in cams},
-                }
-                views = renderer.render_frame(rec, calib).images
-                qpos = frame.qpos
-                hist = list(history)  # padded with the measured position, as the node does
-                hist = [qpos] * (meta.action_history - len(hist)) + hist
-                obs = PolicyObservation(now, views, qpos, np.array(hist[-meta.action_history :]))
-                chunk = policy.predict(obs)
-                inferences += 1
-                steps_rec["infer"].append(step)
-                if latency_steps > 0:
-                    pending = (step + latency_steps, chunk)
-                else:
-                    executor.add_chunk(chunk, now_ns=now)
-            action = executor.command_at(now)
-            if action is None:  # nothing planned (yet): hold, as the node does
-                action = sim.qpos14() if previous is None else previous
-            history.append(action)  # what the policy asked for, as the node records it
+                        calib = {c: CameraCalib.from_pinhole(c, sim.intrinsics[c]) for c in cams}
+                    rec = {
+                        "stamp_ns": now,
+                        "extrinsics": frame.extrinsics,
+                        "depth_mm": {c: encode_depth_mm(frame.depth_m[c]) for c in cams},
+                    }
+                    views = renderer.render_frame(rec, calib).images
+                    obs = engine.observation(now, views, meta.action_history)
+                if obs is not None:
+                    if noise_seed is None:  # a policy with its own sampling (scripted)
+                        chunk = policy.predict(obs)
+                    else:
+                        chunk = policy.predict(obs, noise=engine.noise(now, (F, A)))
+                    inferences += 1
+                    steps_rec["infer"].append(step)
+                    if latency_steps > 0:
+                        pending = (step + latency_steps, chunk)
+                    elif engine.deliver(chunk, now):
+                        send(now)
+            planned = engine.tick(now)  # the executor's command: the action history
+            if engine.last_plan is not None and safety:
+                problem = engine.watchdog(now, {})
+                if problem:  # the watchdog cuts a running trajectory, as the node's does
+                    count("suppressed " + problem.split(":")[0].split(" (")[0])
+                    engine.executor.reset()
+                    engine.stopped()
+                    hold = np.clip(measured, *safety_cfg.limits())
+            if engine.last_plan is not None:
+                action = engine.previous_command(now)  # where the controller's plan is now
+            else:  # nothing sent yet, or stopped: hold where the arm is
+                hold = measured.copy() if hold is None else hold
+                action = hold
             if trace:
-                steps_rec["policy"].append(np.array(action, np.float64))
-                steps_rec["measured"].append(sim.qpos14())
-            if safety:  # as the node: from the previous command, against the measured state
-                res = filt.filter(
-                    np.array([now]),
-                    action[None],
-                    sim.qpos14(),
-                    now,
-                    {},
-                    now,
-                    True,
-                    previous=previous,
+                steps_rec["policy"].append(
+                    np.array(planned if planned is not None else action, np.float64)
                 )
-                if res.ok:
-                    action = previous = res.positions[0]
-                else:  # stopped, as the node: hold where the arm is, plan from there again
-                    action, previous = res.hold_position, None
-                    key = "suppressed " + res.suppressed.split(":")[0]
-                    clipped[key] = clipped.get(key, 0) + 1
-                for k, n in res.clipped.items():
-                    clipped[k] = clipped.get(k, 0) + n
-            if trace:
+                steps_rec["measured"].append(measured)
                 steps_rec["command"].append(np.array(action, np.float64))
+                steps_rec["held"].append(engine.last_plan is None)
             sim.step(action)
             # success must hold a while; a diverged sim (MuJoCo reset its state) ends it
             if monitor.update(sim) or monitor.diverged:
@@ -170,6 +228,7 @@ def evaluate(
                 "command": np.array(steps_rec["command"]).reshape(n, -1),
                 "measured": np.array(steps_rec["measured"]).reshape(n, -1),
                 "inference_steps": np.array(steps_rec["infer"], np.int64),
+                "held": np.array(steps_rec["held"], bool),
             }
     sim.close()
     n_ok = sum(r["success"] for r in results)

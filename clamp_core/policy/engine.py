@@ -305,7 +305,9 @@ class PolicyEngine:
             inputs,
             now_ns,
             enabled=enabled,
-            previous=self.previous_command(int(times[0])),
+            # the point before the new plan's first on the plan followed: one period earlier
+            # (the same time would let the seam add a step to the old plan's own)
+            previous=self.previous_command(int(times[0]) - self.cfg.dt_ns),
             measured_problem=self.measured_problem,
         )
         if not res.ok:

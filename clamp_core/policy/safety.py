@@ -260,8 +260,9 @@ class SafetyFilter:
         not received yet); ``input_stamps`` name -> newest stamp of each watched input (None:
         never received); ``now_ns`` the control clock; ``enabled`` the operator's switch;
         ``chunk_stamp_ns`` the observation stamp the plan was computed from (None: not
-        checked); ``previous`` (A,) the command the controller follows at ``times_ns[0]`` (the
-        last plan sent, evaluated there; None or non-finite: nothing commanded yet);
+        checked); ``previous`` (A,) the point before ``times_ns[0]`` on the plan the controller
+        follows: the last plan sent, one control period before ``times_ns[0]`` (None or
+        non-finite: nothing commanded yet);
         ``measured_problem`` why the newest joint state was rejected (a
         :class:`MeasuredStateValidator` verdict; None: it was believed).
 

@@ -414,7 +414,7 @@ def check_command_stream(msgs: list[JointTrajectory], q_true: np.ndarray, side: 
             continue
         times, pos = check_trajectory(msg, q_true, side)
         start = stamp_to_ns(msg.header.stamp)
-        ref = follows if isinstance(follows, np.ndarray) else _plan_at(follows, start)
+        ref = follows if isinstance(follows, np.ndarray) else _plan_at(follows, start - 20_000_000)
         # one control period, plus the first point's lead over "now" when planned from rest
         jump = np.abs(pos[0] - ref)
         assert (jump <= vmax * 0.05 + 1e-6).all(), (
@@ -739,18 +739,30 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
             meta = policy.metadata
             views = np.zeros(meta.views_shape, np.float32)
             now = node._now()
-            node._infer(policy, now, views, Q0, now, time.perf_counter())
-            assert node.executor_.num_chunks == 1
-            node.last_plan = (np.array([now]), Q0[None] + 0.5)  # a plan sent before the pause
+
+            def joint_states(stamp, value):
+                for side in ("left", "right"):
+                    msg = JointState(name=list(ARM), position=[float(v) for v in value[:7]])
+                    msg.header.stamp = ns_to_stamp(stamp)
+                    node.on_joint_state(side, msg)
+
+            joint_states(now, Q0)
+            node._infer(policy, now, views, now, time.perf_counter())
+            engine = node.engine
+            assert engine.executor.num_chunks == 1
+            engine.last_plan = (np.array([now]), Q0[None] + 0.5)  # a plan sent before the pause
             node.on_enable(SetBool.Request(data=False), SetBool.Response())
             node.on_enable(SetBool.Request(data=True), SetBool.Response())
-            assert node.executor_.num_chunks == 0 and node.last_plan is None
-            assert node._before_restart(now) and not node._before_restart(node.plan_after_ns)
-            node._infer(policy, now, views, Q0, now, time.perf_counter())  # from before enable
-            assert node.executor_.num_chunks == 0
-            fresh = node.plan_after_ns
-            node._infer(policy, fresh, views, Q0, fresh, time.perf_counter())
-            assert node.executor_.num_chunks == 1
+            assert engine.executor.num_chunks == 0 and engine.last_plan is None
+            assert node._before_restart(now) and not node._before_restart(engine.plan_after_ns)
+            joint_states(now + 1, Q0)
+            node._infer(policy, now, views, now, time.perf_counter())  # from before enable
+            assert engine.executor.num_chunks == 0
+            fresh = engine.plan_after_ns
+            joint_states(fresh, Q0)
+            node._infer(policy, fresh, views, fresh, time.perf_counter())
+            assert engine.executor.num_chunks == 1
+            engine.vouch()  # judge the joint states below afresh (they restart at T_JS)
             # the policy gets the joint state taken with its images, not the newest one
             for k in range(5):  # plausible states: 10 mrad per 20 ms
                 for side in ("left", "right"):
@@ -758,7 +770,8 @@ def test_no_plan_from_an_observation_older_than_the_last_enable(models, ros_doma
                     msg.header.stamp = ns_to_stamp(T_JS + k * 20_000_000)
                     node.on_joint_state(side, msg)
             np.testing.assert_array_equal(node._measured_at(T_JS + 45_000_000), np.full(14, 0.02))
-            np.testing.assert_array_equal(node._measured_at(T_JS - 1), np.zeros(14))
+            # before them: the newest earlier sample (Q0, fed above)
+            np.testing.assert_array_equal(node._measured_at(T_JS - 1), Q0)
             np.testing.assert_array_equal(node._measured()[0], np.full(14, 0.04))
         finally:
             node.destroy_node()
@@ -794,7 +807,7 @@ def test_stops_are_empty_trajectories_and_nothing_goes_out_inactive_or_disabled(
 
         def infer(stamp: int) -> None:
             views = np.zeros(node.policy.metadata.views_shape, np.float32)
-            node._infer(node.policy, stamp, views, Q0, stamp, time.perf_counter())
+            node._infer(node.policy, stamp, views, stamp, time.perf_counter())
 
         def take() -> list[JointTrajectory]:
             out = [m for _, m in sent]

@@ -485,34 +485,48 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     assert ep["seed"] == 3 and isinstance(ep["success"], bool)
     assert 1 <= ep["steps"] <= 600 and r["successes"] == int(ep["success"])
     assert isinstance(ep["diverged"], bool)
+
     # the node's executor decides when to infer: every 25 steps here, every F - 20 = 30 in
-    # async mode (inference takes no simulated time, so no latency margin)
-    assert ep["inferences"] == -(-ep["steps"] // 25)
+    # async mode (inference takes no simulated time, so no latency margin); a stop (this
+    # untrained model drives the arms past their limits) drops the chunk and asks again, and
+    # no observation is taken while the measured state is not believed
+    def check_inferences(r, ep, every: int) -> None:
+        stops = sum(n for k, n in r["clipped"].items() if k.startswith("suppressed"))
+        expected = -(-ep["steps"] // every)
+        if stops == 0 and not r["clipped"].get("rejected joint states"):
+            assert ep["inferences"] == expected
+        else:
+            assert 0 < ep["inferences"] <= expected + stops
+
+    check_inferences(r, ep, 25)
     r = run(inference_steps=1, trace=True)
     assert r["execution"]["mode"] == "async" and r["settle_steps"] == 5
     (ep,) = r["episodes"]
-    assert ep["inferences"] == -(-ep["steps"] // 30)
+    check_inferences(r, ep, 30)
     # the trace: one row per control step; what was sent obeys the safety filter's limits
     tr = ep["trace"]
     n = ep["steps"]
     assert tr["t_s"].shape == (n,) and np.allclose(np.diff(tr["t_s"]), 0.02)
     for key in ("policy", "command", "measured"):
         assert tr[key].shape == (n, 14) and np.isfinite(tr[key]).all()
-    assert list(tr["inference_steps"]) == list(range(0, n, 30))
+    assert len(tr["inference_steps"]) == ep["inferences"] and tr["inference_steps"][0] == 0
     limits = aloha_defaults()
     vmax = np.array(limits.max_velocity)
     lo, hi = limits.limits()
     cmd, meas = tr["command"], np.clip(tr["measured"], lo, hi)  # the filter's hold point
-    # every command within max_velocity x tracking_lag_s of where the arm is (or easing back to
-    # that bound: within the margin where the plan would stop), and each step within
-    # max_velocity x dt of the one before, except a stop, which holds where the arm is
+    # every command within max_velocity x (tracking_lag_s + its time since the plan was made)
+    # of where the arm was measured then (or easing back to that bound: within the margin where
+    # the plan would stop), and each step within max_velocity x dt of the one before, except a
+    # stop, which holds where the arm is
     margin = limits.tracking_lag_s + limits.control_period_s + limits.max_disagreement_s
-    lead = np.abs(cmd - meas) - vmax * margin
+    planned_at = np.searchsorted(tr["inference_steps"], np.arange(n), side="right") - 1
+    since = (np.arange(n) - tr["inference_steps"][planned_at]) * 0.02
+    lead = np.abs(cmd - meas[tr["inference_steps"][planned_at]]) - vmax * (margin + since[:, None])
     assert lead.max() <= 1e-9, (lead.max(), np.unravel_index(lead.argmax(), lead.shape))
     step_ok = (np.abs(np.diff(cmd, axis=0)) <= vmax * 0.02 + 1e-9).all(axis=1)
-    holds = (cmd == meas).all(axis=1)  # a stop: hold where the arm is
+    held = tr["held"]  # nothing sent yet, or stopped: the arm holds where it was
     from_arm = (np.abs(cmd[1:] - meas[1:]) <= vmax * 0.02 + 1e-9).all(axis=1)
-    assert np.all(step_ok | holds[1:] | (holds[:-1] & from_arm))
+    assert np.all(step_ok | held[1:] | (held[:-1] & from_arm))
     assert np.all(tr["command"] >= np.array(limits.position_min) - 1e-9)
     assert np.all(tr["command"] <= np.array(limits.position_max) + 1e-9)
     # the arms rested before the first frame: the measured start is off the exact reset pose
