@@ -140,6 +140,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     from .training.cli import add_commands  # torch is imported only when a command runs
 
     add_commands(sub, bench_sub)
+    from .experiment.cli import add_commands as add_experiment_commands
+
+    add_experiment_commands(sub)
     parser.bench_sub = bench_sub  # for the ROS commands clamp_ros adds (bench e2e)
     return parser, sub
 
