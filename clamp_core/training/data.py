@@ -26,6 +26,7 @@ from ..geometry.transforms import Transform
 from ..models.tokenizer import tokenize
 from ..perception.config import CameraConfig, PerceptionConfig
 from ..perception.pipeline import PerceptionPipeline, RenderedViews, RgbdFrame
+from ..policy.engine import action_history
 from ..policy.normalize import MinMax, compute_minmax
 
 CACHE_VERSION = 1
@@ -234,12 +235,13 @@ class WindowDataset:
         """Actions t-H .. t-1; before the episode's start, the measured position at t, as the
         policy node fills what it has not commanded yet (padding with the first action instead
         would tell the model what the demonstrator did first: which arm, for one)."""
-        idx = np.arange(t - self.history, t)
-        out = self._act[ei][np.clip(idx, 0, self.episodes[ei].num_frames - 1)]
-        before = idx < 0
-        if before.any():
-            out[before] = self._qpos_as_action[ei][t]
-        return out
+        act = self._act[ei]
+        # the policy engine's own function: an episode's actions at its frame rate are the
+        # commands in force at each frame (time in frames here)
+        out = action_history(
+            np.arange(len(act)), act, t, self.history, 1, self._qpos_as_action[ei][t]
+        )
+        return out.astype(act.dtype, copy=False)
 
     def start_history(self, i: int) -> np.ndarray:
         """(H, A) what the policy node feeds before it has commanded anything: the measured
