@@ -889,10 +889,11 @@ class EpisodeReader:
         depth: bool = True,
         images: bool = True,
     ) -> dict:
-        """``frame(t)`` plus training windows, edge-padded with boolean ``*_is_pad`` masks:
-        qpos_history (obs_history, 14) = qpos t-obs_history+1..t; action_history
-        (action_history, 14) = actions t-H..t-1; action_future (action_horizon, 14) = actions
-        t..t+F-1."""
+        """``frame(t)`` plus training windows with boolean ``*_is_pad`` masks: qpos_history
+        (obs_history, 14) = qpos t-obs_history+1..t (edge-padded); action_history
+        (action_history, 14) = actions t-H..t-1, before the episode's start the measured qpos
+        at t (as the policy node and training feed it); action_future (action_horizon, 14) =
+        actions t..t+F-1 (edge-padded)."""
         for name, v, least in (
             ("obs_history", obs_history, 1),
             ("action_history", action_history, 0),
@@ -905,9 +906,16 @@ class EpisodeReader:
         out["qpos_history"], out["qpos_history_is_pad"] = self._padded(
             "observations/qpos", t - obs_history + 1, t + 1
         )
-        out["action_history"], out["action_history_is_pad"] = self._padded(
-            "action", t - action_history, t
-        )
+        # the policy engine's action history: before the episode's first action, the measured
+        # position at t (what the node feeds before it has commanded anything)
+        from ..policy.engine import action_history as history_of
+
+        h5 = self._h5()
+        lo = max(0, t - action_history)
+        rows = h5["action"][lo:t]
+        hist = history_of(np.arange(lo, t), rows, t, action_history, 1, h5["observations/qpos"][t])
+        out["action_history"] = hist.astype(h5["action"].dtype, copy=False)
+        out["action_history_is_pad"] = np.arange(t - action_history, t) < 0
         out["action_future"], out["action_future_is_pad"] = self._padded(
             "action", t, t + action_horizon
         )

@@ -243,7 +243,7 @@ def test_normalized_positions_are_clipped_to_the_box():
 # windows
 
 
-def test_window_pads_by_repeating_edges(episode):
+def test_window_pads_like_the_policy_node(episode):
     path, frames = episode
     T = len(frames)
     q = np.float32([fr["qpos"] for fr in frames])
@@ -252,8 +252,12 @@ def test_window_pads_by_repeating_edges(episode):
         w = r.window(0, obs_history=3, action_history=2, action_horizon=4)
         np.testing.assert_array_equal(w["qpos_history"], q[[0, 0, 0]])
         assert w["qpos_history_is_pad"].tolist() == [True, True, False]
-        np.testing.assert_array_equal(w["action_history"], a[[0, 0]])
+        # before the first action: the measured position at t, as the node feeds it
+        np.testing.assert_array_equal(w["action_history"], q[[0, 0]])
         assert w["action_history_is_pad"].tolist() == [True, True]
+        w2 = r.window(1, action_history=3)
+        np.testing.assert_array_equal(w2["action_history"], np.stack([q[1], q[1], a[0]]))
+        assert w2["action_history_is_pad"].tolist() == [True, True, False]
         np.testing.assert_array_equal(w["action_future"], a[0:4])
         assert w["action_future_is_pad"].tolist() == [False] * 4
 
