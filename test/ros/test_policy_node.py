@@ -529,7 +529,13 @@ def test_clock_jump_backwards_resets_and_recovers(models, ros_domain_id, tmp_pat
 
 
 def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, models):
-    env = child_env(ros_domain_id, tmp_path / "ros_log", FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    # a domain of its own: the module's synthetic cameras publish the same topics on the run's
+    # domain (wall-clock stamps against the sim's: every frame a "clock reset")
+    env = child_env(
+        1 + (ros_domain_id + 60) % 101,
+        tmp_path / "ros_log",
+        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    )
     sim_spec, policy_spec = GRAPHS["sim_demo"]
     sim = start_process(
         node_command(sim_spec, {"width": 160, "height": 120}), env, tmp_path / "sim.log"
