@@ -101,6 +101,18 @@ class Monitor:
             self.node.executor.spin_once(timeout_sec=0.05)
         return bool(predicate())
 
+    def next_episode(self, settle_s: float = 0.2, timeout_s: float = 5.0) -> None:
+        """Disable the policy, reset the sim, let ``settle_s`` of sim time pass, enable again.
+        The pause matters: enabling makes the policy believe the next joint state afresh, and a
+        state from before the reset still queued in its executor would be that one; the
+        teleported arm would then look like a jump no arm can make and stay rejected."""
+        self.call(self.enable, self._setbool(data=False))
+        self.call(self.reset, self._trigger())
+        start, end = self.sim_ns, time.monotonic() + timeout_s
+        while self.sim_ns - start < settle_s * 1e9 and time.monotonic() < end:
+            self.node.executor.spin_once(timeout_sec=0.02)
+        self.call(self.enable, self._setbool(data=True))
+
     def call(self, client, request, timeout_s: float = 30.0):
         if not client.wait_for_service(timeout_sec=timeout_s):
             raise RuntimeError(f"service {client.srv_name} not available")
@@ -163,9 +175,7 @@ def run_closed_loop(
             for k in range(args.episodes):
                 seed = args.seed + k
                 if k > 0:
-                    mon.call(mon.enable, mon._setbool(data=False))
-                    mon.call(mon.reset, mon._trigger())
-                    mon.call(mon.enable, mon._setbool(data=True))
+                    mon.next_episode()
                 start_ns = mon.sim_ns
                 wall0 = time.monotonic()
                 done = False

@@ -155,9 +155,7 @@ def run_bench_soak(args) -> int:
                     say(f"soak: {dead} exited after {now:.0f} s; see {out}/logs")
                     break
                 if mon.sim_ns - episode_ns > args.episode_seconds * 1e9:
-                    mon.call(mon.enable, mon._setbool(data=False))
-                    mon.call(mon.reset, mon._trigger())
-                    mon.call(mon.enable, mon._setbool(data=True))
+                    mon.next_episode()
                     episode_ns, episodes = mon.sim_ns, episodes + 1
             bar.close()
             mon.spin(1.5)  # one more diagnostics message
