@@ -4,7 +4,15 @@ Physics, rendering and the task live in ``clamp_core.sim``; this node only sched
 executes joint trajectories and converts to and from messages.
 
 Parameters (read-only): task, seed, width, height, camera_rate_hz, control_rate_hz,
-real_time_factor, publish_clock (see ``ros2 param describe sim <name>``).
+real_time_factor, publish_clock, leader_source, follow_leader, leader_gripper_range (see
+``ros2 param describe sim <name>``).
+
+Teleoperation (ALOHA's: the follower tracks the leader arms): with ``follow_leader`` the follower
+arms track ``leader_{left,right}/joint_states`` (joint for joint, the leader gripper's angle
+mapped linearly onto the normalised follower gripper by ``leader_gripper_range``) and
+trajectories are ignored. With ``leader_source: expert`` this node also plays the leader arms:
+the task's scripted expert, started by ``~/start_demo``, publishes them as an operator's leader
+arms would, and they reach the follower only over those topics.
 
 Time: with ``publish_clock`` (default) the node publishes the simulation time on ``/clock`` and
 stamps everything with it (it never jumps back, not even on ``~/reset``); run the other nodes
@@ -23,6 +31,8 @@ Publishes
              ``world``), every control step; a camera step's tf goes out before its images
   /tf_static the fixed cameras' optical frames (child of ``world``)
   /clock     rosgraph_msgs/Clock, every control step (when publish_clock)
+  leader_{left,right}/joint_states   (leader_source expert) the leader arms, every control step:
+             the six arm joints (rad) and the leader gripper's angle (rad)
 Subscribes
   {left,right}_arm_controller/joint_trajectory   trajectory_msgs/JointTrajectory, executed like
              ros2_control's JointTrajectoryController with linear interpolation (velocities and
@@ -31,11 +41,14 @@ Subscribes
              from its current command to the first point, holds the last. A valid trajectory
              replaces the current one; an empty one (no points) stops the arm where it is, as
              JointTrajectoryController does; an invalid one is rejected with a logged reason
-             and the arm carries on with what it was doing.
+             and the arm carries on with what it was doing. Ignored with follow_leader.
+  leader_{left,right}/joint_states   (follow_leader) sensor_msgs/JointState of the leader arms
 Services
   ~/reset    std_srvs/Trigger: reset the task with the next seed (seed + 1)
   ~/success  std_srvs/Trigger: success = the task's detector has held for 0.2 s in a row this
              episode (never after the simulation diverged); message has the progress
+  ~/start_demo  std_srvs/Trigger (leader_source expert): the expert starts moving the leader
+             arms; until then (and after every reset) they hold the follower's pose
 """
 
 from __future__ import annotations
@@ -62,6 +75,7 @@ from clamp_core.geometry.transforms import Transform
 from clamp_core.sim.aloha import CONTROL_DT
 from clamp_core.sim.tasks import make_task
 from clamp_core.sim.tasks.base import SuccessMonitor
+from clamp_core.sim.teleop import ExpertLeader, GripperMap, TeleopError, follower_command
 
 from .conversions import image_msg, info_from_camera, ns_to_stamp, stamp_to_ns, transform_msg
 from .params import declare
@@ -222,6 +236,30 @@ class SimNode(Node):
             "Publish the simulation time on /clock and stamp every message with it (else "
             "stamps follow this node's ROS clock).",
         )
+        leader_source = declare(
+            self,
+            "leader_source",
+            "",
+            "'expert': this node plays the leader arms with the task's scripted expert on "
+            "leader_{left,right}/joint_states ('' = none).",
+        )
+        self.follow_leader = declare(
+            self,
+            "follow_leader",
+            False,
+            "Teleoperation: the follower arms track leader_{left,right}/joint_states; "
+            "trajectories are ignored.",
+        )
+        gripper_range = declare(
+            self,
+            "leader_gripper_range",
+            [GripperMap().closed_rad, GripperMap().open_rad],
+            "Leader gripper angles (rad) [closed, open] that map to the follower's normalised "
+            "gripper 0 and 1.",
+        )
+        if leader_source not in ("", "expert"):
+            raise ValueError(f"leader_source must be '' or 'expert', got {leader_source!r}")
+        self.gripper_map = GripperMap.from_range(gripper_range)
         if width <= 0 or height <= 0:
             raise ValueError(f"width and height must be positive, got {width}x{height}")
         if self.seed < 0:
@@ -295,6 +333,22 @@ class SimNode(Node):
             )
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_service(Trigger, "~/success", self.on_success)
+        self.leader = None
+        if leader_source == "expert":
+            self.leader = ExpertLeader(self.task, self.sim, self.gripper_map)
+            self.leader.reset(self.seed)
+            self.leader_pubs = {
+                s: self.create_publisher(JointState, f"leader_{s}/joint_states", 10) for s in SIDES
+            }
+            self.create_service(Trigger, "~/start_demo", self.on_start_demo)
+        if self.follow_leader:
+            for s in SIDES:
+                self.create_subscription(
+                    JointState,
+                    f"leader_{s}/joint_states",
+                    lambda m, s=s: self.on_leader(s, m),
+                    10,
+                )
         self.tf_static_pub.publish(
             TFMessage(
                 transforms=[
@@ -316,6 +370,7 @@ class SimNode(Node):
         self._anchor_ticks = 0
         self._anchor_stamp = 0 if self.publish_clock else self._ros_now_ns()
         self.stamp_ns = self._anchor_stamp
+        self.reset_stamp_ns = -1
         self.skipped_frames = 0
         self.skipped_steps = 0
         self.frames = 0
@@ -448,6 +503,14 @@ class SimNode(Node):
         self.tf_pub.publish(TFMessage(transforms=transforms))  # before the images it poses
         if render:
             self.publish_cameras(frame, stamp)
+        if self.leader is not None:
+            hold = np.concatenate([self.command[s] for s in SIDES])
+            for s, q in self.leader.step(hold).items():
+                self.leader_pubs[s].publish(
+                    JointState(
+                        header=Header(stamp=stamp), name=list(ARM_JOINT_NAMES), position=q.tolist()
+                    )
+                )
 
     def publish_cameras(self, frame, stamp) -> None:
         for name, depth in frame.depth_m.items():
@@ -463,7 +526,39 @@ class SimNode(Node):
         self.frames += 1
 
     # ------------------------------------------------------------------ commands
+    def on_leader(self, side: str, msg: JointState) -> None:
+        try:
+            if stamp_to_ns(msg.header.stamp) <= self.reset_stamp_ns:
+                return  # sent before the last reset: the arms were teleported since
+            self.command[side] = follower_command(
+                msg.name, msg.position, self.gripper_map, self.low[side], self.high[side]
+            )
+        except (TeleopError, ValueError) as e:
+            self.error(
+                ("leader", side, str(e)[:40]),
+                f"leader_{side}/joint_states rejected: {e}; the {side} follower keeps its command",
+            )
+            return
+        self.trajectories[side] = None
+
+    def on_start_demo(self, request, response):
+        if self.leader.started:
+            response.success = False
+            response.message = f"the demo of seed {self.seed} is already running; ~/reset first"
+            return response
+        self.leader.start()
+        response.success = True
+        response.message = f"expert demo of '{self.task.name}' seed {self.seed} started"
+        self.get_logger().info(response.message)
+        return response
+
     def on_trajectory(self, side: str, msg: JointTrajectory) -> None:
+        if self.follow_leader:
+            self.warn(
+                ("trajectory", side),
+                f"{side} arm: following the leader arms (follow_leader): trajectory ignored",
+            )
+            return
         if not msg.points:  # as JointTrajectoryController: stop and hold where the arm is
             self.trajectories[side] = None
             self.command[side] = self._measured_command()[side]
@@ -514,6 +609,9 @@ class SimNode(Node):
             return response
         self.trajectories = {s: None for s in SIDES}
         self.command = self._measured_command()
+        self.reset_stamp_ns = self.stamp_ns
+        if self.leader is not None:
+            self.leader.reset(self.seed)
         response.success = True
         response.message = f"reset '{self.task.name}' with seed {self.seed}"
         self.get_logger().info(response.message)
