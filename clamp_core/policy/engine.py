@@ -34,6 +34,7 @@ import numpy as np
 from .execution import ChunkExecutor, ExecutionConfig
 from .runtime import ActionChunk, PolicyObservation
 from .safety import JointStateCheck, MeasuredStateValidator, SafetyConfig, SafetyFilter
+from .trajectory import sample_linear
 
 
 def action_history(
@@ -283,13 +284,7 @@ class PolicyEngine:
         times, pos = plan
         if t_ns - int(times[-1]) > self.safety_cfg.max_input_age_s * 1e9:
             return None
-        i = int(np.searchsorted(times, t_ns, side="right"))
-        if i == 0:
-            return pos[0]
-        if i >= len(times):
-            return pos[-1]
-        w = (t_ns - int(times[i - 1])) / (int(times[i]) - int(times[i - 1]))
-        return pos[i - 1] + w * (pos[i] - pos[i - 1])
+        return sample_linear(times, pos, t_ns)
 
     def safe(
         self, times: np.ndarray, positions: np.ndarray, now_ns: int, inputs, enabled: bool

@@ -25,7 +25,6 @@ from clamp_core.perception.config import PerceptionConfig
 from clamp_ros.conversions import stamp_to_ns
 from clamp_ros.graph import GRAPHS, node_command, share_dir
 from clamp_ros.perception_node import TF_QOS, TF_STATIC_QOS
-from clamp_ros.sim_node import TrajectoryError, parse_trajectory
 from test.ros.conftest import (
     child_env,
     log_tail,
@@ -45,24 +44,6 @@ CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
 ARM = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
 NAMES = [*ARM, "gripper"]
 TIMEOUT_S = 180.0
-
-
-def test_trajectory_sampling_without_ros():
-    """The executor's arithmetic (no DDS): hold until the start, linear segments from the current
-    command, hold the last point; joints left out keep their command."""
-    low, high = np.array([-3.0] * 6 + [0.0]), np.array([3.0] * 6 + [1.0])
-    current = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0])
-    s = 1_000_000_000
-    points = [([1.0, 0.1, 0.2, 0.3, 0.4, 0.5], s), ([2.0, 0.1, 0.2, 0.3, 0.4, 0.5], 3 * s)]
-    traj = parse_trajectory(ARM, points, 10 * s, 9 * s, current, low, high)
-    np.testing.assert_allclose(traj.sample(9 * s), current)  # before header.stamp: hold
-    assert traj.sample(10 * s + s // 2)[0] == pytest.approx(0.5)  # current -> point 0
-    assert traj.sample(12 * s)[0] == pytest.approx(1.5)  # point 0 -> point 1
-    np.testing.assert_allclose(traj.sample(20 * s), [2.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0])
-    now_traj = parse_trajectory(ARM, points[:1], 0, 5 * s, current, low, high)  # stamp 0 = now
-    assert now_traj.start_ns == 5 * s
-    with pytest.raises(TrajectoryError, match="before now"):
-        parse_trajectory(ARM, points, 1 * s, 9 * s, current, low, high)
 
 
 def _spec(executable: str):
