@@ -12,6 +12,9 @@ def main(argv=None) -> int:
     from .demo import add_demo_parser  # ROS itself is imported only when a ROS command runs
 
     add_demo_parser(sub)
+    from .play import add_play_parser
+
+    add_play_parser(sub)
     from .sim_demo import add_bench_e2e
 
     add_bench_e2e(parser.bench_sub)
