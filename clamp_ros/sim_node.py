@@ -75,7 +75,8 @@ from clamp_core.policy.trajectory import ArmTrajectory, TrajectoryError, parse_t
 from clamp_core.sim.aloha import CONTROL_DT
 from clamp_core.sim.tasks import make_task
 from clamp_core.sim.tasks.base import SuccessMonitor
-from clamp_core.sim.teleop import ExpertLeader, GripperMap, TeleopError, follower_command
+from clamp_core.sim.teleop import ExpertLeader
+from clamp_core.teleop import GripperMap, TeleopError, follower_command
 
 from .conversions import image_msg, info_from_camera, ns_to_stamp, stamp_to_ns, transform_msg
 from .params import declare

@@ -16,7 +16,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from clamp_core.aloha import ARM_JOINT_NAMES, SIDES
-from clamp_core.sim.teleop import GripperMap
+from clamp_core.teleop import GripperMap
 from clamp_ros.conversions import stamp_to_ns
 from clamp_ros.graph import GRAPHS, node_command
 from test.ros.conftest import (

@@ -8,13 +8,8 @@ import pytest
 from clamp_core.aloha import ARM_JOINT_NAMES
 from clamp_core.sim.generate import _rollout
 from clamp_core.sim.tasks import make_task
-from clamp_core.sim.teleop import (
-    ExpertLeader,
-    GripperMap,
-    TeleopError,
-    follower_command,
-    leader_positions,
-)
+from clamp_core.sim.teleop import ExpertLeader
+from clamp_core.teleop import GripperMap, TeleopError, follower_command, leader_positions
 
 LOW = np.array([-3.0] * 6 + [0.0])
 HIGH = np.array([3.0] * 6 + [1.0])

@@ -1,0 +1,99 @@
+"""Teleoperation as ALOHA does it: the follower arms track the leader arms' joints, and the
+leader gripper's angle maps linearly onto the follower's normalised gripper (0 closed .. 1 open).
+Used by the simulated follower, the bag converter (leader arms are the demos' actions) and the
+policy node's shadow mode (its error against the operator)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .aloha import ARM_JOINT_NAMES, SIDES
+
+LEADER_GRIPPER_CLOSED_RAD = -0.0552
+"""The leader gripper joint's angle when squeezed shut (ALOHA 2's calibration)."""
+LEADER_GRIPPER_OPEN_RAD = 0.8298
+"""The leader gripper joint's angle when fully open (ALOHA 2's calibration)."""
+
+
+class TeleopError(ValueError):
+    """A leader joint state that cannot drive the follower; the message says why."""
+
+
+@dataclass(frozen=True)
+class GripperMap:
+    """The leader gripper's joint angle (rad) <-> the follower's normalised gripper (0 closed ..
+    1 open), linear between the two calibrated angles."""
+
+    closed_rad: float = LEADER_GRIPPER_CLOSED_RAD
+    """Leader gripper angle that commands the follower fully closed (rad)."""
+    open_rad: float = LEADER_GRIPPER_OPEN_RAD
+    """Leader gripper angle that commands the follower fully open (rad)."""
+
+    def __post_init__(self) -> None:
+        a, b = float(self.closed_rad), float(self.open_rad)
+        if not (math.isfinite(a) and math.isfinite(b)) or abs(b - a) < 1e-3:
+            raise ValueError(
+                f"leader gripper range [{a}, {b}] rad: the closed and open angles must be "
+                "finite and at least 1 mrad apart"
+            )
+
+    @classmethod
+    def from_range(cls, values: Sequence[float]) -> GripperMap:
+        if len(values) != 2:
+            raise ValueError(
+                f"leader gripper range must be [closed_rad, open_rad], got {list(values)}"
+            )
+        return cls(float(values[0]), float(values[1]))
+
+    def to_leader(self, normalised: float) -> float:
+        return self.closed_rad + float(normalised) * (self.open_rad - self.closed_rad)
+
+    def to_follower(self, angle_rad: float) -> float:
+        """Normalised follower gripper for a leader angle, clipped to 0 .. 1."""
+        x = (float(angle_rad) - self.closed_rad) / (self.open_rad - self.closed_rad)
+        return min(max(x, 0.0), 1.0)
+
+
+def leader_positions(action: np.ndarray, gripper: GripperMap) -> dict[str, np.ndarray]:
+    """(14,) follower action (ALOHA order) -> {side: (7,) leader joint positions}, grippers as
+    leader angles: what the leader arms read when an operator commands ``action``."""
+    a = np.asarray(action, float).reshape(len(SIDES), len(ARM_JOINT_NAMES))
+    out = {}
+    for i, side in enumerate(SIDES):
+        q = a[i].copy()
+        q[6] = gripper.to_leader(q[6])
+        out[side] = q
+    return out
+
+
+def follower_command(
+    names: Sequence[str],
+    positions: Sequence[float],
+    gripper: GripperMap,
+    low: np.ndarray,
+    high: np.ndarray,
+) -> np.ndarray:
+    """One leader arm's JointState -> that follower arm's (7,) command (joints in
+    ARM_JOINT_NAMES order, gripper normalised), clipped to the follower's limits ``low``/``high``
+    (7,). Raises TeleopError naming the problem: a missing, repeated or non-finite joint."""
+    names, positions = list(names), list(positions)
+    if len(positions) < len(names):
+        raise TeleopError(f"{len(names)} names but {len(positions)} positions")
+    index = {}
+    for i, n in enumerate(names):
+        if n in index:
+            raise TeleopError(f"joint '{n[:64]}' appears more than once")
+        index[n] = i
+    missing = [n for n in ARM_JOINT_NAMES if n not in index]
+    if missing:
+        raise TeleopError(f"missing joint(s) {missing}")
+    q = np.array([float(positions[index[n]]) for n in ARM_JOINT_NAMES])
+    if not np.all(np.isfinite(q)):
+        bad = [n for n, v in zip(ARM_JOINT_NAMES, q, strict=True) if not math.isfinite(v)]
+        raise TeleopError(f"non-finite position for {bad}")
+    q[6] = gripper.to_follower(q[6])
+    return np.clip(q, low, high)
