@@ -18,8 +18,8 @@ class ImageEncoderConfig:
 
     patch_size: int = 16
     """Square patch side (px); the view size must be a multiple of it."""
-    dim: int = 256
-    """Token width."""
+    dim: int = 384
+    """Token width (the paper preset's; dim / heads a multiple of 6)."""
     layers: int = 6
     """Transformer blocks."""
     heads: int = 8

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clamp_core.models.clamp import ClampModel, info_nce
-from clamp_core.models.config import ModelConfig, preset
+from clamp_core.models.config import PRESETS, ModelConfig, preset
 from clamp_core.models.encoders import RgbEncoder, TextEncoder
 from clamp_core.models.image_encoder import ImageEncoder, String3d
 from clamp_core.models.tokenizer import CLS, PAD, POS, PROGRESS, SEP, tokenize, words
@@ -38,6 +38,16 @@ def random_views(b, cfg, seed=0, empty_frac=0.3):
     depth = 0.3 + torch.rand(b, cfg.num_views, s, s, 1, generator=g)
     valid = (torch.rand(b, cfg.num_views, s, s, 1, generator=g) > empty_frac).float()
     return torch.cat([depth, xyz], -1) * valid
+
+
+@pytest.mark.parametrize("name", ["default", *PRESETS])
+def test_the_default_config_and_every_preset_build_a_model(name):
+    """What a new user gets from ModelConfig() or --preset must construct (the default once did
+    not: a head width that was not a multiple of 6)."""
+    cfg = ModelConfig() if name == "default" else preset(name)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    model = ClampModel(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_presets_are_valid_and_differ():
