@@ -11,8 +11,25 @@ import sys
 import time
 
 
+class UsageError(ValueError):
+    """Bad input to a command: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that answers a bad argument in one line (``clamp <command>: <what is wrong>``,
+    exit status 2) instead of the usage block; ``-h`` still prints the help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} -h)\n")
+
+
+USER_ERRORS = (ValueError, OSError, LookupError)
+"""What bad input raises, besides the project's own error types: answered in one line. Anything
+else is a bug and keeps its traceback; CLAMP_DEBUG=1 shows tracebacks for everything."""
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(prog="clamp", description=__doc__.split("\n")[0])
+    parser = Parser(prog="clamp", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("bench", help="performance benchmarks (figures, not pass/fail)")
@@ -171,8 +188,12 @@ def cmd_bench_perception(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from pathlib import Path
+
     from .data.check import check_dataset, format_report
 
+    if not Path(args.dir).exists():
+        raise UsageError(f"{args.dir}: does not exist")
     summary, problems = check_dataset(args.dir)
     if args.json:
         summary["problems"] = [p.as_dict() for p in problems]
@@ -325,7 +346,33 @@ def main(argv=None, parser=None) -> int:
     if parser is None:
         parser, _ = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    import os
+
+    if os.environ.get("CLAMP_DEBUG"):
+        return int(args.func(args) or 0)
+    prog = getattr(args, "prog", None) or "clamp " + " ".join(
+        str(getattr(args, k))
+        for k in ("command", "bench", "data", "eval", "experiment")
+        if isinstance(getattr(args, k, None), str)
+    )
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a command's own one-line refusal
+            msg = e.code if e.code.startswith("clamp") else f"{prog}: {e.code}"
+            print(msg, file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        ours = type(e).__module__.startswith(("clamp_core", "clamp_ros"))
+        if not (ours or isinstance(e, USER_ERRORS)):
+            raise  # a bug: keep the traceback
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: {text[:2000]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

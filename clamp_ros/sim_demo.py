@@ -35,9 +35,22 @@ def add_arguments(p) -> None:
         help="sim seconds per episode before it counts as a failure",
     )
     p.add_argument("--inference-steps", type=int, default=0, help="DDIM steps (0: the model's own)")
-    p.add_argument("--camera-size", default="320x240", help="sim camera WxH")
+    p.add_argument("--camera-size", default="320x240", type=image_size, help="sim camera WxH")
     p.add_argument("--out", default="demo_out", help="folder for logs and the summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def image_size(text: str) -> str:
+    """argparse type of WxH image sizes (16..4096 px each side); returns the text."""
+    import argparse
+
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 320x240, got '{text}'") from None
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        raise argparse.ArgumentTypeError(f"{text}: each side must be 16..4096 px")
+    return text
 
 
 class Monitor:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .graph import GRAPHS, ProcessGroup
+from .sim_demo import image_size
 
 
 def add_bench_soak(bench_sub) -> None:
@@ -37,7 +38,7 @@ def add_bench_soak(bench_sub) -> None:
     p.add_argument("--episode-seconds", type=float, default=30.0, help="sim s per episode")
     p.add_argument("--sample-s", type=float, default=10.0, help="memory sampling period (s)")
     p.add_argument("--model", default="drawer_open", help="model directory or shipped name")
-    p.add_argument("--camera-size", default="320x240", help="sim camera WxH")
+    p.add_argument("--camera-size", default="320x240", type=image_size, help="sim camera WxH")
     p.add_argument("--out", default="soak_out", help="folder for logs and the result")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_bench_soak)

@@ -214,7 +214,7 @@ def bench_perception(
     from tqdm import tqdm
 
     if frames < 1:
-        raise ValueError("frames must be >= 1")
+        raise ValueError("--frames must be >= 1")
     scene = SyntheticScene(width=width, height=height)
     config = PerceptionConfig(backend=backend)
     pipe = PerceptionPipeline(config)

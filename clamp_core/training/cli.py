@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -144,7 +145,7 @@ def cmd_train(args) -> int:
         cfg = train_config_from_args(args)
         ckpt = train(cfg, progress=not args.json, resume=not args.no_resume)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"clamp {args.mode}: {e}")
+        print(f"clamp {args.mode}: {e}", file=sys.stderr)
         return 2
     rows = _last_rows(Path(cfg.out) / "metrics.jsonl")
     summary = {"checkpoint": str(ckpt), "out": cfg.out, **rows}
@@ -168,7 +169,7 @@ def cmd_export(args) -> int:
     try:
         meta = export(args.run, args.out, name=args.name, tolerance=args.tolerance)
     except (ExportError, CheckpointError, MetadataError) as e:
-        print(f"clamp export: {e}")
+        print(f"clamp export: {e}", file=sys.stderr)
         return 2
     size = sum(p.stat().st_size for p in Path(args.out).iterdir())
     result = {
