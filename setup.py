@@ -31,6 +31,7 @@ setup(
             "synthetic_scene_node = clamp_ros.synthetic_scene_node:main",
             "sim_node = clamp_ros.sim_node:main",
             "policy_node = clamp_ros.policy_node:main",
+            "recorder_node = clamp_ros.recorder_node:main",
         ],
     },
 )

@@ -53,6 +53,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     check.add_argument("dir", help="dataset directory (searched recursively) or one .hdf5 file")
     check.add_argument("--json", action="store_true", help="print one JSON object only")
     check.set_defaults(func=cmd_data_check)
+    rec = data_sub.add_parser(
+        "recover",
+        help="rebuild a finalised bag from an interrupted recording (truncated MCAP)",
+    )
+    rec.add_argument("bag", help="the <name>.partial folder, a bag folder or its .mcap file")
+    rec.add_argument("--out", default=None, help="bag folder to write (default: <name> beside it)")
+    rec.add_argument("--json", action="store_true", help="print one JSON object only")
+    rec.set_defaults(func=cmd_data_recover)
 
     gen = sub.add_parser("generate", help="expert episodes from the MuJoCo tasks (HDF5)")
     which = gen.add_mutually_exclusive_group(required=True)
@@ -184,6 +192,24 @@ def cmd_bench_perception(args) -> int:
         print(f"  baseline {result['baseline']:8.2f} {result['unit']}  ({result['baseline_name']})")
         print(f"  ratio    {result['ratio']:8.1f}x  (baseline / ours; > 1 means we are faster)")
     print(json.dumps(result["config"], indent=2))
+    return 0
+
+
+def cmd_data_recover(args) -> int:
+    from .data.recording import RecordingError, recover_bag
+
+    try:
+        r = recover_bag(args.bag, args.out, progress=not args.json)
+    except RecordingError as e:
+        raise SystemExit(f"clamp data recover: {e}") from None
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['bag']}: {r['total_messages']} messages recovered from {r['source']}")
+    for topic, n in r["messages"].items():
+        print(f"  {topic}: {n}")
+    if r["truncated"]:
+        print(f"  the source ended mid-record ({r['truncated']}); the source is left as it was")
     return 0
 
 

@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     from .soak import add_bench_soak
 
     add_bench_soak(parser.bench_sub)
+    from .record_bench import add_bench_record
+
+    add_bench_record(parser.bench_sub)
     return core_cli.main(argv, parser)
 
 

@@ -63,12 +63,36 @@ def add_demo_parser(sub) -> None:
         default=20.0,
         help="--perception-only: seconds to watch the output",
     )
+    p.add_argument(
+        "--record",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: record N teleoperated demos (the expert at the leader arms) as rosbag2 "
+        "MCAP bags in OUT/bags, through the recorder node's services",
+    )
+    p.add_argument(
+        "--camera-rate",
+        type=float,
+        default=10.0,
+        help="--record: sim camera rate (Hz; a divisor of the 50 Hz control rate)",
+    )
+    p.add_argument(
+        "--real-time-factor",
+        type=float,
+        default=1.0,
+        help="--record: sim seconds per wall second (below 1 gives a busy machine slack)",
+    )
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
     from . import sim_demo
 
+    if args.record:
+        from .record_demo import main_record
+
+        return main_record(args)
     return run_demo(args) if args.perception_only else sim_demo.run_demo(args)
 
 

@@ -45,6 +45,10 @@ GRAPHS: dict[str, list[NodeSpec]] = {
     "aloha_bimanual": [
         NodeSpec("policy_node", "policy", ("config/aloha_bimanual.yaml",)),
     ],
+    # real robot: the demo recorder (one rosbag2 MCAP bag per teleoperated episode)
+    "aloha_record": [
+        NodeSpec("recorder_node", "recorder", ("config/aloha_bimanual.yaml",)),
+    ],
     # real robot: perception on the real cameras
     "aloha_perception": [
         NodeSpec("perception_node", "perception", ("config/aloha_bimanual.yaml",)),

@@ -14,7 +14,9 @@ BAD = {  # command -> (arguments after it, a phrase the one-line answer must con
     "bench policy": (["--presets", "huge"], "unknown preset 'huge'"),
     "bench e2e": (["--camera-size", "big"], "--camera-size"),
     "bench soak": (["--minutes", "-1"], "--minutes"),
+    "bench record": (["--rates", "0"], "--rates"),
     "data check": (["/nonexistent/episodes"], "does not exist"),
+    "data recover": (["/nonexistent/bag"], "/nonexistent/bag"),
     "generate": (["--task", "nope", "--out", "{tmp}/g"], "unknown task 'nope'"),
     "eval sim": (["--model", "/missing", "--task", "drawer_open"], "/missing"),
     "pretrain": (["--data", "/nonexistent/data", "--out", "{tmp}/run"], "/nonexistent/data"),
@@ -33,6 +35,7 @@ def _parser():
     from clamp_core import cli as core_cli
     from clamp_ros.demo import add_demo_parser
     from clamp_ros.play import add_play_parser
+    from clamp_ros.record_bench import add_bench_record
     from clamp_ros.sim_demo import add_bench_e2e
     from clamp_ros.soak import add_bench_soak
 
@@ -41,6 +44,7 @@ def _parser():
     add_play_parser(sub)
     add_bench_e2e(parser.bench_sub)
     add_bench_soak(parser.bench_sub)
+    add_bench_record(parser.bench_sub)
     return parser
 
 
@@ -60,7 +64,8 @@ def test_the_table_covers_every_command():
 
     # the installed entry point registers exactly what _parser does
     src = inspect.getsource(cli.main)
-    for f in ("add_demo_parser", "add_play_parser", "add_bench_e2e", "add_bench_soak"):
+    registered = ("add_demo_parser", "add_play_parser", "add_bench_e2e", "add_bench_soak")
+    for f in (*registered, "add_bench_record"):
         assert f in src
     assert sorted(_leaves(_parser())) == sorted(BAD)
 
