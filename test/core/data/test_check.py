@@ -194,5 +194,5 @@ def test_cli_damaged_dataset(good_dir, tmp_path, capsys):
         (str(target), "observations/qpos"),
         (str(target), "cameras/cam_b/extrinsics"),
     }
-    assert main(["data", "check", str(tmp_path / "missing"), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert main(["data", "check", str(tmp_path / "missing"), "--json"]) == 2  # bad input
+    assert "does not exist" in capsys.readouterr().err
