@@ -18,6 +18,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/topics", glob("config/topics/*.yaml")),  # clamp data from-bag
         # shipped models: models/<name>/{metadata.json, *.onnx}
         *[(f"share/{PACKAGE}/{d.rstrip('/')}", glob(f"{d}*")) for d in sorted(glob("models/*/"))],
     ],

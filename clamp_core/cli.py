@@ -61,6 +61,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     rec.add_argument("--out", default=None, help="bag folder to write (default: <name> beside it)")
     rec.add_argument("--json", action="store_true", help="print one JSON object only")
     rec.set_defaults(func=cmd_data_recover)
+    from .data.from_bag import add_command as add_from_bag_command
+
+    add_from_bag_command(data_sub)
 
     gen = sub.add_parser("generate", help="expert episodes from the MuJoCo tasks (HDF5)")
     which = gen.add_mutually_exclusive_group(required=True)

@@ -9,43 +9,24 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from clamp_core.geometry.camera import PinholeCamera
-from clamp_core.geometry.image import decode_color, decode_depth
-from clamp_core.geometry.tf_buffer import TfBuffer
+
+# the field-level decoding is pure logic shared with the bag tools: clamp_core.geometry.messages
+from clamp_core.geometry.messages import (  # noqa: F401 - re-exported for the nodes
+    MalformedStampError,
+    add_transforms,
+    camera_from_info,
+    color_from_msg,
+    compressed_color_from_msg,
+    compressed_depth_from_msg,
+    depth_from_msg,
+    stamp_to_ns,
+    transform_from_msg,
+)
 from clamp_core.geometry.transforms import Transform
-
-
-class MalformedStampError(ValueError):
-    """A header stamp no clock can produce (nanosec >= 1e9, or before 1970)."""
-
-
-def stamp_to_ns(stamp: Time) -> int:
-    """Stamp -> integer ns; raises MalformedStampError instead of interpreting a malformed one (a
-    nanosec of 4e9 would read as +4 s, then look like a clock jump)."""
-    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
-    if not 0 <= nanosec < 1_000_000_000:
-        raise MalformedStampError(f"malformed stamp: nanosec {nanosec} is not in [0, 1e9)")
-    if sec < 0:
-        raise MalformedStampError(f"malformed stamp: sec {sec} is before 1970")
-    return sec * 1_000_000_000 + nanosec
 
 
 def ns_to_stamp(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
-
-
-def depth_from_msg(msg: Image) -> tuple[np.ndarray, float]:
-    """(depth (H, W) in stored units, metres per unit); raises ImageDecodeError."""
-    return decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
-
-
-def color_from_msg(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises ImageDecodeError."""
-    return decode_color(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
-
-
-def camera_from_info(msg: CameraInfo) -> PinholeCamera:
-    """Raises CameraModelError for a CameraInfo that cannot describe a camera."""
-    return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
 
 
 def info_from_camera(cam: PinholeCamera, header: Header) -> CameraInfo:
@@ -68,11 +49,6 @@ def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
     return msg
 
 
-def transform_from_msg(t: TransformStamped) -> Transform:
-    tr, q = t.transform.translation, t.transform.rotation
-    return Transform(np.array([tr.x, tr.y, tr.z]), np.array([q.x, q.y, q.z, q.w]))
-
-
 def transform_msg(parent: str, child: str, stamp_ns: int, t: Transform) -> TransformStamped:
     msg = TransformStamped()
     msg.header.stamp = ns_to_stamp(stamp_ns)
@@ -84,34 +60,6 @@ def transform_msg(parent: str, child: str, stamp_ns: int, t: Transform) -> Trans
     r = msg.transform.rotation
     r.x, r.y, r.z, r.w = qx, qy, qz, qw
     return msg
-
-
-def add_transforms(
-    buffer: TfBuffer, transforms, static: bool, now_ns: int | None = None
-) -> list[str]:
-    """Insert TransformStamped messages; returns one error string per rejected transform.
-    ``now_ns``: the receiving node's clock; transforms stamped implausibly far from it are
-    refused (see TfBuffer.set_transform)."""
-    errors = []
-    for t in transforms:
-        try:
-            buffer.set_transform(
-                t.header.frame_id,
-                t.child_frame_id,
-                stamp_to_ns(t.header.stamp),
-                transform_from_msg(t),
-                static=static,
-                now_ns=now_ns,
-            )
-        except ValueError as e:
-            parent, child = _short(t.header.frame_id), _short(t.child_frame_id)
-            errors.append(f"tf '{parent}' -> '{child}': {e}")
-    return errors
-
-
-def _short(text: str, n: int = 64) -> str:
-    """A frame id (any publisher's string) cut for a log line."""
-    return text if len(text) <= n else f"{text[: n - 3]}..."
 
 
 _CLOUD_FIELDS = [

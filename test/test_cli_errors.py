@@ -17,6 +17,7 @@ BAD = {  # command -> (arguments after it, a phrase the one-line answer must con
     "bench record": (["--rates", "0"], "--rates"),
     "data check": (["/nonexistent/episodes"], "does not exist"),
     "data recover": (["/nonexistent/bag"], "/nonexistent/bag"),
+    "data from-bag": (["/nonexistent/bag", "--out", "{tmp}/o"], "/nonexistent/bag: no such bag"),
     "generate": (["--task", "nope", "--out", "{tmp}/g"], "unknown task 'nope'"),
     "eval sim": (["--model", "/missing", "--task", "drawer_open"], "/missing"),
     "pretrain": (["--data", "/nonexistent/data", "--out", "{tmp}/run"], "/nonexistent/data"),

@@ -104,6 +104,9 @@ class EpisodeMeta:
     """Upper corner of the workspace box in base_frame (m); maps to +1 when normalised."""
     writer: str = ""
     """Optional free text naming the program that wrote the episode (stored if non-empty)."""
+    extra: dict[str, str] = field(default_factory=dict)
+    """Optional facts about where the episode came from (e.g. operator, notes, source bag), as
+    name -> text; stored as attributes of the ``/extra`` group when non-empty."""
 
     def __post_init__(self) -> None:
         for name in ("task", "instruction", "robot", "base_frame"):
@@ -144,6 +147,13 @@ class EpisodeMeta:
                 f"{self.workspace_max} on every axis"
             )
         self.writer = str(self.writer or "")
+        if not isinstance(self.extra, Mapping):
+            raise EpisodeValidationError(
+                f"meta.extra: needs a dict name -> text, got {type(self.extra).__name__}"
+            )
+        self.extra = {str(k): str(v) for k, v in self.extra.items()}
+        for name in self.extra:
+            _check_name("meta.extra", name)
 
 
 @dataclass(eq=False)
@@ -478,6 +488,10 @@ class EpisodeWriter:
         a["created_unix"] = float(self._created)
         if m.writer:
             a["writer"] = m.writer
+        if m.extra:
+            g = self._file.create_group("extra")
+            for name, text in m.extra.items():
+                g.attrs[name] = text
 
     # -- frames
 
@@ -764,6 +778,9 @@ class EpisodeReader:
                 workspace_min=list(objects.attrs["workspace_min"]),
                 workspace_max=list(objects.attrs["workspace_max"]),
                 writer=_attr_str(a.get("writer", "")),
+                extra={k: _attr_str(v) for k, v in f["extra"].attrs.items()}
+                if "extra" in f
+                else {},
             )
             cameras = {}
             for cam in meta.camera_names:

@@ -389,6 +389,30 @@ class TfBuffer:
         ]
         return min(latest) if latest else None
 
+    def sample_distance_ns(self, target: str, source: str, stamp_ns: int) -> int:
+        """How far ``stamp_ns`` is from measured tf on the chain ``target`` <- ``source``: the
+        largest, over the chain's dynamic links, of the distance to the link's nearest sample
+        (0 when every link is static or sampled exactly then). Lookups interpolate across gaps of
+        any length; callers that need a pose measured near a time (a camera pose at an image
+        stamp) compare this with their tolerance. Raises TfError for unknown or unconnected
+        frames, like :meth:`lookup`."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if target == source:
+            return 0
+        up, down = self._chain(target, source)
+        worst = 0
+        for child in up + down:
+            track = self._dynamic.get(child)
+            if track is None:
+                continue  # static
+            stamps = track.stamps
+            if not stamps:
+                return _STAMP_LIMIT
+            i = bisect.bisect_left(stamps, stamp_ns)
+            near = [abs(stamps[j] - stamp_ns) for j in (i - 1, i) if 0 <= j < len(stamps)]
+            worst = max(worst, min(near))
+        return worst
+
     def _known_summary(self) -> str:
         """At most 5 known frames (alphabetically first), then how many there are."""
         if not self._refs:
