@@ -428,7 +428,7 @@ def test_cli_pretrain_export_and_bench(toy_data, cache_dir, tmp_path):
         text=True,
         timeout=120,
     )
-    assert p.returncode == 2 and "does not exist" in p.stdout
+    assert p.returncode == 2 and "does not exist" in p.stderr
     p = subprocess.run(
         [str(clamp), "finetune", "--data", str(toy_data)],
         env=_env(),
