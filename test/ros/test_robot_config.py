@@ -1,5 +1,5 @@
 """config/aloha_bimanual.yaml documents every parameter the robot's nodes read: each parameter
-the policy node and the perception node declare is in the file with a comment, every key in it
+the policy, perception and recorder nodes declare is in the file with a comment, every key in it
 is a parameter, and the safety limits it spells out are the arms' limits. Per-camera and
 per-view entries are shown by example: every field a camera or a view has appears for at least
 one of them."""
@@ -20,6 +20,8 @@ pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "aloha_bimanual.yaml"
 BUILT_IN = {"use_sim_time", "start_type_description_service"}
+SECTIONS = {"PolicyNode": "policy", "RecorderNode": "recorder"}
+"""Nodes with a section of their own in the file (besides the shared ``/**``)."""
 PER_ENTRY = re.compile(r"^perception\.(cameras|views)\.([^.]+)\.(.+)$")
 
 
@@ -75,12 +77,13 @@ def declared(tmp_path_factory) -> dict:
     from clamp_ros.params import declare
     from clamp_ros.perception_node import PerceptionNode
     from clamp_ros.policy_node import PolicyNode
+    from clamp_ros.recorder_node import RecorderNode
 
     env = child_env(0, tmp_path_factory.mktemp("ros_log"))
     env["ROS_DOMAIN_ID"] = "0"
     with rclpy_session(env, "config_probe") as probe:
         out = {}
-        for cls in (PolicyNode, PerceptionNode):
+        for cls in (PolicyNode, PerceptionNode, RecorderNode):
             node = cls(context=probe.context)
             try:
                 if cls is PolicyNode:  # declared by the executable before it starts the node
@@ -94,10 +97,10 @@ def declared(tmp_path_factory) -> dict:
 def test_every_parameter_is_in_the_file_with_a_comment(declared):
     doc = yaml.safe_load(CONFIG.read_text())
     shared = _flat(doc["/**"]["ros__parameters"])
-    policy = _flat(doc["policy"]["ros__parameters"])
     commented = _commented_keys(CONFIG.read_text())
     for node, params in declared.items():
-        given = {**shared, **policy} if node == "PolicyNode" else shared
+        section = SECTIONS.get(node)
+        given = {**shared, **(_flat(doc[section]["ros__parameters"]) if section else {})}
         shown: dict[str, set[str]] = {}
         for key in given:
             m = PER_ENTRY.match(key)
@@ -122,8 +125,10 @@ def test_every_parameter_is_in_the_file_with_a_comment(declared):
 
 def test_every_key_in_the_file_is_a_parameter(declared):
     doc = yaml.safe_load(CONFIG.read_text())
-    known = set(declared["PolicyNode"]) | set(declared["PerceptionNode"])
-    for section in ("/**", "policy"):
+    every = set().union(*declared.values())
+    for section in ("/**", *SECTIONS.values()):
+        node = next((n for n, sec in SECTIONS.items() if sec == section), None)
+        known = set(declared[node]) if node else every
         unknown = set(_flat(doc[section]["ros__parameters"])) - known
         assert not unknown, f"{CONFIG.name} [{section}]: no node declares {sorted(unknown)}"
 
