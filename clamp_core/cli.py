@@ -109,10 +109,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     es.add_argument("--seed", type=int, default=0)
     es.add_argument(
         "--mode",
-        choices=["receding_horizon", "temporal_ensembling", "async"],
+        choices=["receding_horizon", "temporal_ensembling", "async", "seam_guided"],
         default="async",
-        help="chunk execution mode, as the policy node's execution.mode (default: async, as "
-        "in the demo and robot configs)",
+        help="chunk execution mode, as the policy node's execution.mode (default: async; the "
+        "demo and robot configs use seam_guided with --replan-remaining-steps 30)",
     )
     es.add_argument(
         "--execute-steps", type=int, default=None, help="receding_horizon: actions run per chunk"
@@ -125,6 +125,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     es.add_argument(
         "--blend-steps", type=int, default=None, help="async: crossfade steps into a new chunk"
+    )
+    es.add_argument(
+        "--guidance-weight",
+        type=float,
+        default=None,
+        help="seam_guided: how hard new chunks keep to the plan followed (0..1)",
+    )
+    es.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="seam_guided: chunks sampled per inference; the most coherent one is kept",
     )
     es.add_argument(
         "--latency-steps",
@@ -325,6 +337,8 @@ def cmd_eval_sim(args) -> int:
         "execute_steps": args.execute_steps,
         "replan_remaining_steps": args.replan_remaining_steps,
         "blend_steps": args.blend_steps,
+        "guidance_weight": args.guidance_weight,
+        "candidates": args.candidates,
     }
     try:
         execution = ExecutionConfig(

@@ -43,6 +43,7 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from clamp_core.aloha import ALOHA_JOINT_NAMES, ARM_JOINT_NAMES
+from clamp_core.eval.seams import gripper_mask
 from clamp_core.perception import PerceptionError
 from clamp_core.perception.config import ConfigError
 from clamp_core.policy.engine import EngineConfig, PolicyEngine
@@ -213,6 +214,7 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 "inference_ms",
                 "publish_ms",
                 "stamp_to_command_ms",
+                "seam_jump_mrad",
             )
         }
         self.command_rate = RateMeter()
@@ -470,6 +472,10 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         with self.lock:
             if not self.engine.deliver(chunk, now_ns=self._now()):
                 return  # (re)started while this inference ran, or already outdated
+            seam = self.engine.last_seam
+        if seam is not None:  # the largest arm-joint disagreement with the plan followed
+            arm = ~gripper_mask(self.engine.joint_names)
+            self.stats["seam_jump_mrad"].add(float(np.abs(seam.jump[arm]).max()) * 1e3)
         self.inference_rate.tick()
         published = False
         if self.output == "joint_trajectory":

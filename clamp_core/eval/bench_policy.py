@@ -210,3 +210,56 @@ def bench_policy(
         n = repeats if name != "paper" or device != "cpu" else max(3, repeats // 4)
         out.append(bench_preset(name, n, threads, device, progress))
     return out
+
+
+def bench_candidates(
+    model_dir,
+    candidates=(1, 2, 4, 8),
+    repeats: int = 20,
+    threads: int = 0,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict:
+    """The cost of chunk selection: seam-guided inference on ``model_dir`` with K candidates
+    (one batched denoiser call per DDIM step) against K = 1, batch of one observation, ORT.
+    Median and p90 of ``repeats`` per K, and the ratio of each median to K = 1's."""
+    from tqdm import tqdm
+
+    from ..policy.guidance import prefix_profile
+    from ..policy.runtime import OnnxPolicy
+
+    n_threads = threads or os.cpu_count() or 1
+    policy = OnnxPolicy(model_dir, threads=n_threads, seed=seed)
+    meta = policy.metadata
+    F, A = meta.action_horizon, meta.action_dim
+    rng = np.random.default_rng(seed)
+    obs = _observation(meta, rng)
+    obs.prefix = policy.action_normalizer.unnormalize(
+        rng.uniform(-0.5, 0.5, (F, A)).astype(np.float32)
+    ).astype(np.float64)
+    obs.prefix_weights = prefix_profile(F, 3, 23)
+    rows = {}
+    for k in candidates:
+        noise = rng.standard_normal((k, F, A)).astype(np.float32)
+        for _ in range(2):
+            policy.predict(obs, noise=noise)
+        ms, den = [], []
+        for _ in tqdm(range(repeats), desc=f"K={k}", disable=not progress):
+            t = time.perf_counter()
+            policy.predict(obs, noise=noise)
+            ms.append((time.perf_counter() - t) * 1e3)
+            den.append(policy.last_timings_ms["denoise_ms"])
+        med, p90 = _stats(ms)
+        rows[int(k)] = {"median_ms": med, "p90_ms": p90, "denoise_median_ms": _stats(den)[0]}
+    base = rows[min(rows)]["median_ms"]
+    for r in rows.values():
+        r["ratio_to_k1"] = r["median_ms"] / base
+    return {
+        "metric": f"seam-guided inference with K candidates ({meta.name}), median of {repeats}",
+        "unit": "ms",
+        "model": str(model_dir),
+        "candidates": rows,
+        "threads": n_threads,
+        "cpu_count": os.cpu_count(),
+        "inference_steps": meta.schedule_config().inference_steps,
+    }

@@ -3,7 +3,8 @@
 The same pieces as the robot: cameras rendered by the sim, views by the perception pipeline from
 depth + extrinsics (``EpisodeRenderer``, the training-time path), the ONNX Runtime policy and
 the policy node's own engine (``PolicyEngine``: joint state validation, action history,
-restarts, chunk execution in any mode, by default the one the demo and robot configs use, and
+restarts, chunk execution in any mode (by default async; the demo and robot configs use
+seam_guided with replan_remaining_steps 30), and
 the safety filter). As on the robot, each chunk that arrives becomes a trajectory the simulated
 controller follows (a JointTrajectoryController's linear interpolation); a stop holds the arm
 where it is. By default inference takes no simulated time
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from ..geometry.image import encode_depth_mm
+from .seams import clips_by_reason, detect_loops, inference_period, summarize_seams
 
 
 def evaluate(
@@ -38,8 +40,9 @@ def evaluate(
     policy=None,
     noise_seed: int | None = 0,
 ) -> dict:
-    """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``, as in
-    config/aloha_bimanual.yaml and the demo); ``safety``: run the node's safety filter
+    """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``;
+    config/aloha_bimanual.yaml and the demo use ``mode="seam_guided",
+    replan_remaining_steps=30``); ``safety``: run the node's safety filter
     (``aloha_defaults``) on every command (False: the policy's commands as they are);
     ``latency_steps``: control steps from an observation to its chunk's arrival (the
     deployment's stamp-to-command latency; 0: inference takes no simulated time);
@@ -52,7 +55,12 @@ def evaluate(
     executor planned, ``command`` (T, 14) what the sim was sent (after the safety filter),
     ``measured`` (T, 14) the joint positions before that step, ``held`` (T,) whether the
     command was a hold (nothing sent yet, or stopped), and ``inference_steps`` (the steps
-    where a chunk was requested); not JSON, see ``clamp_core.eval.plots``. ``policy``:
+    where a chunk was requested), ``seam_steps`` (N,) and ``seam_jumps`` (N, 14) where a chunk
+    took over and by how much it differed from the plan followed; not JSON, see
+    ``clamp_core.eval.plots``. Every episode's result has ``seams`` (``summarize_seams``),
+    ``loops`` (``detect_loops`` on the commands, at the median inference period) and
+    ``clipped`` (the safety filter's values changed and stops, by reason); the run's result
+    has the same over all episodes. ``policy``:
     run this object instead of loading ``model_dir`` (OnnxPolicy's ``metadata``, ``schedule``
     and ``predict``; e.g. a scripted policy), and call its ``start_episode(task, sim, seed)``,
     if it has one, once the arms have rested. ``noise_seed``: the run seed of the diffusion
@@ -101,9 +109,20 @@ def evaluate(
     )
     F, A = meta.action_horizon, meta.action_dim
     clipped: dict[str, int] = {}
+    ep_clipped: dict[str, int] = {}
+    all_jumps: list[np.ndarray] = []
 
     def count(key: str, n: int = 1) -> None:
         clipped[key] = clipped.get(key, 0) + n
+        ep_clipped[key] = ep_clipped.get(key, 0) + n
+
+    seams: list[tuple[int, np.ndarray]] = []  # the episode's (step, jump (A,))
+
+    def delivered(chunk, now: int, step: int) -> bool:
+        ok = engine.deliver(chunk, now)
+        if engine.last_seam is not None:
+            seams.append((step, engine.last_seam.jump))
+        return ok
 
     for seed in tqdm(list(seeds), desc=f"eval {task_name}", disable=not progress):
         task.reset(sim, seed)
@@ -119,6 +138,9 @@ def evaluate(
         engine.stopped()
         engine.last_obs_stamp = None
         t0, inferences, pending, hold = time.perf_counter(), 0, None, None
+        ep_clipped.clear()
+        seams.clear()
+        commands: list[np.ndarray] = []
         steps_rec: dict[str, list] = {
             "policy": [],
             "command": [],
@@ -155,7 +177,7 @@ def evaluate(
             if check.problem is not None:
                 count("rejected joint states")
             if pending is not None and step >= pending[0]:
-                if engine.deliver(pending[1], now):
+                if delivered(pending[1], now, step):
                     send(now)
                 pending = None
             if pending is None and step % camera_every == 0:
@@ -183,7 +205,7 @@ def evaluate(
                     steps_rec["infer"].append(step)
                     if latency_steps > 0:
                         pending = (step + latency_steps, chunk)
-                    elif engine.deliver(chunk, now):
+                    elif delivered(chunk, now, step):
                         send(now)
             planned = engine.tick(now)  # the executor's command: the action history
             if engine.last_plan is not None and safety:
@@ -195,9 +217,12 @@ def evaluate(
                     hold = np.clip(measured, *safety_cfg.limits())
             if engine.last_plan is not None:
                 action = engine.previous_command(now)  # where the controller's plan is now
+                if action is None:  # it ended long ago: the controller holds its last point
+                    action = engine.last_plan[1][-1]
             else:  # nothing sent yet, or stopped: hold where the arm is
                 hold = measured.copy() if hold is None else hold
                 action = hold
+            commands.append(np.array(action, np.float64))
             if trace:
                 steps_rec["policy"].append(
                     np.array(planned if planned is not None else action, np.float64)
@@ -209,6 +234,13 @@ def evaluate(
             # success must hold a while; a diverged sim (MuJoCo reset its state) ends it
             if monitor.update(sim) or monitor.diverged:
                 break
+        jumps = np.array([j for _, j in seams]).reshape(-1, A)
+        all_jumps.append(jumps)
+        loops = detect_loops(
+            np.array(commands).reshape(-1, A),
+            inference_period(steps_rec["infer"]),
+            dt_ns * 1e-9,
+        )
         results.append(
             {
                 "seed": int(seed),
@@ -218,6 +250,9 @@ def evaluate(
                 "diverged": monitor.diverged,
                 "inferences": inferences,
                 "wall_s": round(time.perf_counter() - t0, 2),
+                "seams": summarize_seams(jumps, joints),
+                "loops": loops.to_dict(),
+                "clipped": clips_by_reason(ep_clipped),
             }
         )
         if trace:
@@ -229,9 +264,12 @@ def evaluate(
                 "measured": np.array(steps_rec["measured"]).reshape(n, -1),
                 "inference_steps": np.array(steps_rec["infer"], np.int64),
                 "held": np.array(steps_rec["held"], bool),
+                "seam_steps": np.array([k for k, _ in seams], np.int64),
+                "seam_jumps": jumps,
             }
     sim.close()
     n_ok = sum(r["success"] for r in results)
+    failed = [r for r in results if not r["success"]]
     return {
         "task": task_name,
         "model": str(model_dir),
@@ -243,6 +281,18 @@ def evaluate(
         "latency_steps": latency_steps,
         "camera_every": camera_every,
         "settle_steps": settle_steps,
-        "clipped": clipped,
+        "clipped": clips_by_reason(clipped),
+        "seams": summarize_seams(np.concatenate(all_jumps or [np.zeros((0, A))]), joints),
+        "loops": {
+            "episodes": sum(r["loops"]["loop"] for r in results),
+            "failed_episodes": sum(r["loops"]["loop"] for r in failed),
+            "failures": len(failed),
+            "loop_s": round(sum(r["loops"]["loop_s"] for r in results), 2),
+            # how big the loops of failed episodes are (mean of their speeds, rad/s)
+            "failed_mean_speed": round(
+                float(np.mean([r["loops"]["speed"] for r in failed if r["loops"]["loop"]] or [0])),
+                3,
+            ),
+        },
         "inference_steps": policy.schedule.cfg.inference_steps,
     }

@@ -16,7 +16,10 @@ from the same inputs:
 - the action history the model sees is what was commanded at the control rate before the
   stamp (:func:`action_history`, the one implementation training windows use too);
 - plans: the executor's trajectory from now, through the safety filter from the plan the
-  controller follows; a stop forgets that plan, so the next one starts from the arm.
+  controller follows; a stop forgets that plan, so the next one starts from the arm;
+- seams: each chunk that takes over is compared with the plan followed at that moment
+  (``last_seam``); in ``seam_guided`` execution the observation carries that plan at the new
+  chunk's action times so the sampler continues it (:meth:`PolicyEngine.guidance`).
 
 Not thread-safe: a driver with threads calls it under one lock, except for ``policy.predict``
 (see :meth:`PolicyEngine.observation` / :meth:`PolicyEngine.deliver`).
@@ -26,12 +29,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .execution import ChunkExecutor, ExecutionConfig
+from .guidance import prefix_profile
 from .runtime import ActionChunk, PolicyObservation
 from .safety import JointStateCheck, MeasuredStateValidator, SafetyConfig, SafetyFilter
 from .trajectory import sample_linear
@@ -90,6 +95,25 @@ class EngineConfig:
         return int(round(1e9 / self.control_rate_hz))
 
 
+def _interp_rows(times_ns: np.ndarray, rows: np.ndarray, q_ns: np.ndarray) -> np.ndarray:
+    """(Q, A): ``rows`` (K, A) at times ``times_ns`` (K,) increasing, linear in time between
+    them, the first / last row before / after them; at times ``q_ns`` (Q,)."""
+    t = np.asarray(times_ns, np.float64)
+    q = np.asarray(q_ns, np.float64)
+    rows = np.asarray(rows, np.float64)
+    return np.stack([np.interp(q, t, rows[:, j]) for j in range(rows.shape[1])], axis=1)
+
+
+@dataclass
+class Seam:
+    """A chunk took over: where it disagreed with the plan the controller was following."""
+
+    t_ns: int
+    """Switch time (the chunk's arrival)."""
+    jump: np.ndarray
+    """(A,) the new chunk minus the plan followed, at ``t_ns`` (rad; grippers normalised)."""
+
+
 @dataclass
 class Plan:
     """What to send: ``times_ns`` (K,) and ``positions`` (K, A), safe; or a stop."""
@@ -142,6 +166,10 @@ class PolicyEngine:
         self.last_obs_stamp: int | None = None
         self.plan_after_ns = 0
         self.last_plan: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_seam: Seam | None = None
+        """Set by each :meth:`deliver`: the seam of that chunk (None: refused, or nothing
+        was being followed)."""
+        self._horizon: int | None = None  # actions per chunk, from the chunks delivered
 
     # ------------------------------------------------------------------ lifecycle
     def restart(self, since_ns: int) -> None:
@@ -247,23 +275,62 @@ class PolicyEngine:
         hist = list(self.history)
         times = np.array([h[0] for h in hist], np.int64)
         cmds = np.array([h[1] for h in hist]) if hist else np.zeros((0, len(qpos)))
-        return PolicyObservation(
+        obs = PolicyObservation(
             stamp_ns=int(stamp_ns),
             views=views,
             qpos=qpos,
             action_history=action_history(times, cmds, stamp_ns, history, self.cfg.dt_ns, qpos),
             rgb=rgb,
         )
+        if self.executor.cfg.mode == "seam_guided":
+            guide = self.guidance(stamp_ns)
+            if guide is not None:
+                obs.prefix, obs.prefix_weights = guide
+                obs.guidance_weight = float(self.executor.cfg.guidance_weight)
+        return obs
+
+    def guidance(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a chunk computed from the observation at ``stamp_ns``: the plan the controller
+        follows at that chunk's action times, (F, A), and how much each action should keep
+        to it, (F,) (``prefix_profile``: fully up to the step where the chunk takes over, by
+        the latency estimate, then decaying to 0 where the plan ends). None while no plan is
+        followed or no chunk has arrived yet (F and dt unknown)."""
+        dt_s = self.executor.dt_s
+        if self.last_plan is None or self._horizon is None or dt_s is None:
+            return None
+        F = self._horizon
+        times = int(stamp_ns) + np.round(np.arange(F) * dt_s * 1e9).astype(np.int64)
+        plan_t, plan_q = self.last_plan
+        overlap = int(np.count_nonzero(times <= plan_t[-1]))
+        if overlap == 0:
+            return None
+        delay = int(math.ceil(self.executor.latency_s / dt_s - 1e-6))
+        return _interp_rows(plan_t, plan_q, times), prefix_profile(F, delay, overlap)
 
     def noise(self, stamp_ns: int, shape: tuple[int, ...]) -> np.ndarray:
-        return observation_noise(self.cfg.seed, stamp_ns, shape)
+        """The observation's initial noise ``shape`` (F, A); (K, F, A) when the execution mode
+        samples K candidates (the first of them is the noise of K = 1)."""
+        cfg = self.executor.cfg
+        k = cfg.candidates if cfg.mode == "seam_guided" else 1
+        return observation_noise(self.cfg.seed, stamp_ns, shape if k == 1 else (k, *shape))
 
     def deliver(self, chunk: ActionChunk, now_ns: int) -> bool:
         """A chunk computed from an observation arrives at ``now_ns``; False (dropped) when
-        the engine (re)started since that observation, or the executor refuses it."""
+        the engine (re)started since that observation, or the executor refuses it. Sets
+        ``last_seam``."""
+        self.last_seam = None
         if chunk.stamp_ns < self.plan_after_ns:
             return False
-        return self.executor.add_chunk(chunk, now_ns=now_ns)
+        executing = self.previous_command(now_ns)
+        if executing is None:
+            executing = self.executor.command_at(now_ns)
+        if not self.executor.add_chunk(chunk, now_ns=now_ns):
+            return False
+        self._horizon = int(np.shape(chunk.actions)[0])
+        if executing is not None:
+            new = _interp_rows(chunk.times_ns, chunk.actions, np.array([now_ns]))[0]
+            self.last_seam = Seam(int(now_ns), new - np.asarray(executing, np.float64))
+        return True
 
     # ------------------------------------------------------------------ control
     def tick(self, now_ns: int) -> np.ndarray | None:

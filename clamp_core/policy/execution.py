@@ -30,6 +30,14 @@ When to use which mode
     trajectories' own steps plus their gap / ``blend_steps``; the safety filter's velocity limit
     bounds the rest). Continuous motion with inference slower than the control rate: the choice
     for a live robot once latency is measured.
+``seam_guided``
+    ``async``'s timing and crossfade, with chunks that continue the plan: the engine hands the
+    sampler the plan the controller follows at the new chunk's action times, and the DDIM loop
+    is guided towards it, fully up to the step where the chunk will take over (the measured
+    latency) and decaying to nothing where the plan ends (``clamp_core.policy.guidance``).
+    Optionally ``candidates`` chunks are sampled in one batched call and the one closest to the
+    plan is kept. A new chunk then neither jumps at the seam nor starts the motion over (the
+    periodic loops of ``async`` after a missed grasp). Needs a model run by ``OnnxPolicy``.
 
 The executor is not thread-safe; the node calls it from one executor thread (or under a lock).
 Time must go forward: after a jump backwards (sim reset, bag loop) call ``reset()``. Chunks that
@@ -47,7 +55,9 @@ import numpy as np
 
 from .runtime import ActionChunk
 
-MODES = ("receding_horizon", "temporal_ensembling", "async")
+MODES = ("receding_horizon", "temporal_ensembling", "async", "seam_guided")
+ASYNC_MODES = ("async", "seam_guided")
+"""The modes that compute the next chunk while the current one runs (async timing + crossfade)."""
 
 
 @dataclass
@@ -55,7 +65,8 @@ class ExecutionConfig:
     """How action chunks become commands; one field per ROS parameter of the policy node."""
 
     mode: str = "receding_horizon"
-    """One of receding_horizon, temporal_ensembling, async (see the module docstring)."""
+    """One of receding_horizon, temporal_ensembling, async, seam_guided (see the module
+    docstring)."""
     execute_steps: int = 25
     """receding_horizon: actions run from each chunk before the next inference (capped at F).
     Half a 50-step chunk: committing longer matters more than replanning often (a Drawer Open
@@ -65,13 +76,23 @@ class ExecutionConfig:
     ensemble_decay: float = 0.01
     """temporal_ensembling: m in w_i = exp(-m * i), i = 0 for the oldest prediction (ACT: 0.01)."""
     blend_steps: int = 5
-    """async: control steps of the linear crossfade from the running plan into a new chunk."""
+    """async, seam_guided: control steps of the linear crossfade from the running plan into a
+    new chunk."""
     replan_remaining_steps: int = 20
-    """async: ask for inference when fewer steps than this would be left when the chunk lands."""
+    """async, seam_guided: ask for inference when fewer steps than this would be left when the
+    chunk lands."""
     expected_latency_s: float = 0.1
-    """async: inference latency (observation stamp to chunk arrival) assumed until measured, s."""
+    """async, seam_guided: inference latency (observation stamp to chunk arrival) assumed until
+    measured, s."""
     latency_window: int = 20
-    """async: latency measurements kept; the estimate is the largest of them (conservative)."""
+    """async, seam_guided: latency measurements kept; the estimate is the largest of them
+    (conservative)."""
+    guidance_weight: float = 1.0
+    """seam_guided: how hard the sampler holds a new chunk to the plan followed, 0..1 (1: the
+    actions up to the switch are the plan's; 0: plain DDIM, as async)."""
+    candidates: int = 1
+    """seam_guided: chunks sampled per inference in one batched call; the one closest to the
+    plan followed is kept (1: no selection; cost grows with it, see `clamp bench policy`)."""
     max_chunk_age_s: float = 1.0
     """A chunk is not executed once its observation is older than this, s (>= F * dt_s to run
     whole chunks)."""
@@ -88,6 +109,12 @@ class ExecutionConfig:
                 f"replan_remaining_steps: {self.replan_remaining_steps} leaves no room for the "
                 f"crossfade; set it to at least blend_steps ({self.blend_steps}) and at least 1, "
                 "or lower blend_steps"
+            )
+        _check_int("candidates", self.candidates, minimum=1)
+        _check_float("guidance_weight", self.guidance_weight, minimum=0.0)
+        if self.guidance_weight > 1.0:
+            raise ValueError(
+                f"guidance_weight: needs a number in [0, 1], got {self.guidance_weight!r}"
             )
         _check_float("ensemble_decay", self.ensemble_decay, minimum=0.0)
         _check_float("expected_latency_s", self.expected_latency_s, minimum=0.0)
@@ -287,7 +314,8 @@ class ChunkExecutor:
             return False
         if mode == "temporal_ensembling":
             return t >= s.stamp_ns + round(self.cfg.inference_every_steps * dt_ns)
-        # async: the steps the current chunk would have left when a chunk requested now lands
+        # async, seam_guided: the steps the current chunk would have left when a chunk
+        # requested now lands
         remaining_ns = s.times_ns[-1] - t - self.latency_s * 1e9
         return bool(remaining_ns < self.cfg.replan_remaining_steps * dt_ns)
 
@@ -322,7 +350,7 @@ class ChunkExecutor:
         # a chunk that has fully taken over makes every older one irrelevant from then on
         if self.cfg.mode == "receding_horizon":
             took_over = [i for i, s in enumerate(keep) if s.times_ns[0] <= t_min]
-        elif self.cfg.mode == "async":
+        elif self.cfg.mode in ASYNC_MODES:
             blend_ns = round(self.cfg.blend_steps * self._dt_s * 1e9)
             took_over = [i for i, s in enumerate(keep) if s.blend_start_ns + blend_ns <= t_min]
         else:

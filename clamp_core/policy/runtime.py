@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .guidance import coherence_scores
 from .metadata import MetadataError, PolicyMetadata
 from .schedule import NoiseSchedule, ddim_sample
 
@@ -46,6 +47,14 @@ class PolicyObservation:
     """(Ha, A) the last Ha commanded actions, raw units, oldest first, most recent last."""
     rgb: dict[str, np.ndarray] | None = None
     """Camera name -> (h, w, 3) uint8 RGB, for models with an RGB branch; else None."""
+    prefix: np.ndarray | None = None
+    """(F, A) raw units: the plan executing, at the new chunk's action times (seam-aware
+    sampling, ``clamp_core.policy.guidance``); None: sample freely."""
+    prefix_weights: np.ndarray | None = None
+    """(F,) in [0, 1]: how much each action of ``prefix`` matters (``prefix_profile``)."""
+    guidance_weight: float = 1.0
+    """Scale of ``prefix_weights`` in the sampler (0: plain DDIM; candidates are still scored
+    with ``prefix_weights``)."""
 
 
 @dataclass
@@ -149,6 +158,8 @@ class OnnxPolicy:
         self._rng = np.random.default_rng(seed)
         self.last_timings_ms: dict[str, float] = {}
         """encode_ms, denoise_ms and total_ms of the last ``predict``."""
+        self.last_selection: dict | None = None
+        """The last ``predict`` with candidates: their ``scores`` and the ``chosen`` index."""
 
     # ---------------------------------------------------------------------------------- load
     def _open(self, key, inputs, outputs, opts, providers) -> ort.InferenceSession:
@@ -187,7 +198,13 @@ class OnnxPolicy:
     def predict(self, obs: PolicyObservation, noise: np.ndarray | None = None) -> ActionChunk:
         """One action chunk (F, A) for ``obs``; ``noise`` (F, A) fixes the initial noise x_T,
         else x_T is ``standard_normal((1, F, A), float32)`` from ``default_rng(seed)``, advanced
-        by each call. Invalid input raises ``PolicyInputError`` before anything changes."""
+        by each call. Invalid input raises ``PolicyInputError`` before anything changes.
+
+        With ``obs.prefix`` the sampler is guided towards it (``ddim_sample``'s ``known``, with
+        weights ``guidance_weight * prefix_weights``). ``noise`` (K, F, A) with K > 1 and a
+        prefix: K candidates in one batched denoiser call, and the chunk returned is the one
+        most coherent with the prefix (``coherence_scores``; ``last_selection`` has the scores);
+        without a prefix only ``noise[0]`` is used."""
         t0 = time.perf_counter()
         meta = self.metadata
         F, A = meta.action_horizon, meta.action_dim
@@ -198,8 +215,25 @@ class OnnxPolicy:
         qpos = _checked("qpos", obs.qpos, (A,))
         history = _checked("action_history", obs.action_history, (meta.action_history, A))
         rgb = self._checked_rgb(obs.rgb)
+        prefix = weights = None
+        if obs.prefix is not None:
+            prefix = _checked("prefix", obs.prefix, (F, A))
+            weights = _checked("prefix_weights", obs.prefix_weights, (F,)).astype(np.float64)
+            g = obs.guidance_weight
+            if isinstance(g, bool) or not isinstance(g, (int, float, np.integer, np.floating)):
+                raise PolicyInputError(f"guidance_weight: needs a number in [0, 1], got {g!r}")
+            if not (0.0 <= g <= 1.0) or not ((weights >= 0) & (weights <= 1)).all():
+                raise PolicyInputError(
+                    f"guidance_weight ({g}) and prefix_weights: need values in [0, 1]"
+                )
         if noise is not None:
-            x_T = _checked("noise", noise, (F, A))[None].astype(np.float32)
+            if np.ndim(noise) == 3 and np.shape(noise)[0] >= 1:
+                K = np.shape(noise)[0]
+                x_T = _checked("noise", noise, (K, F, A)).astype(np.float32)
+                if prefix is None:
+                    x_T = x_T[:1]
+            else:
+                x_T = _checked("noise", noise, (F, A))[None].astype(np.float32)
         # validated: from here on the buffers are written
         np.copyto(feeds["views"][0], views, casting="unsafe")
         self.qpos_normalizer.normalize(qpos, out=feeds["qpos"][0])
@@ -213,16 +247,30 @@ class OnnxPolicy:
         cond = self._encoders.run(["cond"], feeds)[0]
         t2 = time.perf_counter()
         den = self._denoiser
-        den_feeds = {"cond": cond}
+        K = x_T.shape[0]
+        den_feeds = {"cond": cond if K == 1 else np.repeat(cond, K, axis=0)}
 
         def eps_fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             den_feeds["noisy_actions"] = x
             den_feeds["timestep"] = t
             return den.run(["eps"], den_feeds)[0]
 
-        x0 = ddim_sample(eps_fn, x_T, self.schedule)
+        known = w = None
+        if prefix is not None:
+            known = self.action_normalizer.normalize(prefix.astype(np.float32))[None]
+            w = float(obs.guidance_weight) * weights
+        x0 = ddim_sample(eps_fn, x_T, self.schedule, known, w)
         t3 = time.perf_counter()
-        actions = self.action_normalizer.unnormalize(x0[0]).astype(np.float64)
+        best = 0
+        if K > 1:
+            cands = self.action_normalizer.unnormalize(x0).astype(np.float64)
+            scores = coherence_scores(cands, prefix, weights)
+            # a candidate with non-finite actions is never chosen over a finite one
+            best = int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
+            self.last_selection = {"scores": scores.tolist(), "chosen": best}
+        else:
+            self.last_selection = None
+        actions = self.action_normalizer.unnormalize(x0[best]).astype(np.float64)
         if not np.isfinite(actions).all():
             raise PolicyOutputError(
                 f"model '{meta.name}' produced non-finite actions for the observation at "

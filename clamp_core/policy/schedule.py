@@ -129,14 +129,28 @@ class NoiseSchedule:
         out = np.sqrt(a) * x0 + np.sqrt(1.0 - a) * noise
         return out.astype(np.asarray(x0).dtype, copy=False)
 
-    def ddim_step(self, x: np.ndarray, eps: np.ndarray, t: int, t_prev: int) -> np.ndarray:
+    def ddim_step(
+        self,
+        x: np.ndarray,
+        eps: np.ndarray,
+        t: int,
+        t_prev: int,
+        known: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
         """One deterministic DDIM step from timestep ``t`` to ``t_prev`` (< 0: to x0, where
         alpha_bar is 1), given the denoiser's output ``eps`` (the predicted x0 when
         ``prediction_type`` is 'sample'). Computed in float64, returned in ``x``'s dtype.
 
         When x0 is clipped, eps is recomputed from the clipped x0 (diffusers'
         ``use_clipped_model_output=True``): x_prev then lies on the line through the clipped x0
-        that the next step would predict, instead of mixing a clipped x0 with the raw eps."""
+        that the next step would predict, instead of mixing a clipped x0 with the raw eps.
+
+        Guidance (``known`` broadcastable to x, ``weights`` (F,) in [0, 1] over axis 1): the
+        predicted x0 becomes ``x0 + w (known - x0)`` before the step, i.e. x_prev's prefix is
+        blended with ``known`` noised forward to ``t_prev`` with the step's own eps (the
+        deterministic form of inpainting); at the last step (alpha_bar 1) a weight of 1 gives
+        ``known`` itself. Weights of 0 change no bit of the result."""
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
         x64 = np.asarray(x, dtype=np.float64)
@@ -151,6 +165,9 @@ class NoiseSchedule:
             x0 = np.clip(x0, -r, r)
         if sample or self.cfg.clip_sample:
             eps64 = (x64 - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+        if known is not None:
+            w = np.asarray(weights, np.float64).reshape((1, -1) + (1,) * (x64.ndim - 2))
+            x0 = x0 + w * (np.asarray(known, np.float64) - x0)
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps64
         return x_prev.astype(np.asarray(x).dtype, copy=False)
 
@@ -159,15 +176,33 @@ EpsFn = Callable[[np.ndarray, np.ndarray], Any]
 """eps_fn(x (B, ...) in x_T's dtype, t (B,) int64) -> eps, anything ``np.asarray`` takes."""
 
 
-def ddim_sample(eps_fn: EpsFn, x_T: np.ndarray, cfg: ScheduleConfig | NoiseSchedule) -> np.ndarray:
+def ddim_sample(
+    eps_fn: EpsFn,
+    x_T: np.ndarray,
+    cfg: ScheduleConfig | NoiseSchedule,
+    known: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Run the full DDIM loop from noise ``x_T`` (B, ...) to x0 (same shape and dtype).
 
     ``eps_fn`` may wrap an ONNX Runtime session or a torch module (return ``.cpu().numpy()``),
-    so the exporter can run the same loop both ways to check parity."""
+    so the exporter can run the same loop both ways to check parity. ``known`` (B or 1, F, ...)
+    and ``weights`` (F,) in [0, 1]: guide every step towards ``known`` (see ``ddim_step``;
+    ``clamp_core.policy.guidance`` makes them from the plan executing)."""
     sched = cfg if isinstance(cfg, NoiseSchedule) else NoiseSchedule(cfg)
     x = np.ascontiguousarray(x_T)
     if x.ndim < 1:
         raise ValueError("x_T needs a leading batch axis, got a scalar")
+    if known is not None:
+        if x.ndim < 2 or weights is None or np.shape(weights) != (x.shape[1],):
+            raise ValueError(
+                f"weights: needs shape ({x.shape[1] if x.ndim > 1 else '?'},), one per action "
+                f"of x_T {x.shape}, got {None if weights is None else np.shape(weights)}"
+            )
+        w = np.asarray(weights, np.float64)
+        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+            raise ValueError("weights: need finite values in [0, 1]")
+        np.broadcast_shapes(np.shape(known), x.shape)
     step = sched.step_size
     t_batch = np.empty((x.shape[0],), dtype=np.int64)
     for t in sched.ddim_timesteps():
@@ -175,5 +210,5 @@ def ddim_sample(eps_fn: EpsFn, x_T: np.ndarray, cfg: ScheduleConfig | NoiseSched
         eps = np.asarray(eps_fn(x, t_batch))
         if eps.shape != x.shape:
             raise ValueError(f"eps_fn returned shape {eps.shape}, expected {x.shape}")
-        x = sched.ddim_step(x, eps, int(t), int(t) - step)
+        x = sched.ddim_step(x, eps, int(t), int(t) - step, known, weights)
     return x

@@ -73,6 +73,15 @@ def add_commands(sub, bench_sub) -> None:
     bp.add_argument("--repeats", type=int, default=20, help="timed inferences per side")
     bp.add_argument("--threads", type=int, default=0, help="threads per side (0 = all cores)")
     bp.add_argument("--device", default="cpu", help="cpu or cuda (ORT CUDA EP + torch cuda)")
+    bp.add_argument(
+        "--model",
+        default=None,
+        help="instead of the presets: the cost of chunk selection on this model directory, "
+        "seam-guided inference with each of --candidates (ONNX Runtime only)",
+    )
+    bp.add_argument(
+        "--candidates", default="1,2,4,8", help="with --model: comma-separated K to time"
+    )
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(func=cmd_bench_policy)
 
@@ -190,7 +199,24 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench_policy(args) -> int:
-    from ..eval.bench_policy import bench_policy
+    from ..eval.bench_policy import bench_candidates, bench_policy
+
+    if args.model is not None:
+        ks = [int(k) for k in args.candidates.split(",") if k.strip()]
+        if not ks or min(ks) < 1:
+            print("clamp bench policy: --candidates needs integers >= 1", file=sys.stderr)
+            return 2
+        r = bench_candidates(args.model, ks, args.repeats, args.threads, not args.json)
+        if args.json:
+            print(json.dumps(r))
+            return 0
+        print(r["metric"])
+        for k, row in r["candidates"].items():
+            print(
+                f"  K={k}: {row['median_ms']:.1f} ms (p90 {row['p90_ms']:.1f}), "
+                f"{row['ratio_to_k1']:.2f}x K=1"
+            )
+        return 0
 
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     results = bench_policy(

@@ -528,11 +528,13 @@ def test_clock_jump_backwards_resets_and_recovers(models, ros_domain_id, tmp_pat
             stop_process(scene)
 
 
-def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, models):
-    # a domain of its own: the module's synthetic cameras publish the same topics on the run's
-    # domain (wall-clock stamps against the sim's: every frame a "clock reset")
+def _closed_loop(ros_domain_id, tmp_path, models, domain_offset, policy_params, want_seams):
+    """Sim node + policy node (the tiny model) over DDS in a domain of their own (the module's
+    synthetic cameras publish the same topics on the run's domain, with wall-clock stamps
+    against the sim's: every frame a "clock reset"). Waits for commands and motion; returns
+    (how far the left arm moved in rad, the policy's seam diagnostics, its log)."""
     env = child_env(
-        1 + (ros_domain_id + 60) % 101,
+        1 + (ros_domain_id + domain_offset) % 101,
         tmp_path / "ros_log",
         FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
     )
@@ -540,22 +542,25 @@ def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, m
     sim = start_process(
         node_command(sim_spec, {"width": 160, "height": 120}), env, tmp_path / "sim.log"
     )
-    policy = start_process(
-        node_command(
-            policy_spec,
-            {
-                "model": str(models / "tiny"),
-                "perception.image_width": VIEW,
-                "perception.image_height": VIEW,
-            },
-        ),
-        env,
-        tmp_path / "policy.log",
-    )
+    params = {
+        "model": str(models / "tiny"),
+        "perception.image_width": VIEW,
+        "perception.image_height": VIEW,
+        **policy_params,
+    }
+    policy = start_process(node_command(policy_spec, params), env, tmp_path / "policy.log")
     try:
         with rclpy_session(env, "closed_loop") as node:
             states: list[np.ndarray] = []
             trajs: list = []
+            seams: list[dict] = []
+
+            def on_diag(msg):
+                for st in msg.status:
+                    kv = {v.key: v.value for v in st.values}
+                    if st.name.endswith(": policy") and kv.get("seam_jump_mrad p50", "-") != "-":
+                        seams.append(kv)
+
             node.create_subscription(
                 JointState,
                 "/follower_left/joint_states",
@@ -565,15 +570,35 @@ def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, m
             node.create_subscription(
                 JointTrajectory, "/left_arm_controller/joint_trajectory", trajs.append, 10
             )
-            spin_until(node, lambda: len(trajs) >= 5, TIMEOUT_S, "policy commands to the sim")
+            node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+            spin_until(node, lambda: len(trajs) >= 8, TIMEOUT_S, "policy commands to the sim")
             start = len(states)
             spin_until(node, lambda: len(states) > start + 50, TIMEOUT_S, "joint states")
-            moved = np.abs(states[-1][:6] - states[0][:6]).max()
-            assert moved > 0.05, f"arms moved only {moved:.3f} rad"
+            if want_seams:
+                spin_until(node, lambda: len(seams) > 0, TIMEOUT_S, "seam diagnostics")
+            moved = float(np.abs(states[-1][:6] - states[0][:6]).max())
     finally:
         stop_process(policy)
         stop_process(sim)
-    assert "model 'tiny' loaded" in read_log(policy), log_tail(policy)
+    return moved, seams, read_log(policy)
+
+
+def test_closed_loop_with_the_sim_node_moves_the_arms(ros_domain_id, tmp_path, models):
+    moved, _, log = _closed_loop(ros_domain_id, tmp_path, models, 60, {}, want_seams=False)
+    assert "model 'tiny' loaded" in log, log[-3000:]
+    assert moved > 0.05, f"arms moved only {moved:.3f} rad"
+
+
+def test_seam_guided_mode_in_closed_loop_with_the_sim_node(ros_domain_id, tmp_path, models):
+    """The seam-aware mode with two candidates per inference drives the sim over DDS; its
+    seams (reported in /diagnostics) are small although the untrained model's chunks are wild:
+    each new chunk starts on the plan the arm follows."""
+    params = {"execution.mode": "seam_guided", "execution.candidates": 2}
+    moved, seams, log = _closed_loop(ros_domain_id, tmp_path, models, 70, params, True)
+    assert "execution 'seam_guided'" in log, log[-3000:]
+    assert moved > 0.05, f"arms moved only {moved:.3f} rad"
+    # a free chunk of this model lands anywhere in +-1.5 rad; a guided one on the plan
+    assert float(seams[-1]["seam_jump_mrad p50"]) < 20.0, seams[-1]
 
 
 def test_warning_and_error_throttles_share_rclpy_call_sites():

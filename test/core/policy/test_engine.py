@@ -197,3 +197,65 @@ def test_the_same_inputs_give_the_same_chunk_in_any_engine(tmp_path):
 def test_engine_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         EngineConfig(**{field: value})
+
+
+# ------------------------------------------------------------------------------ seams
+def send_plan(engine: PolicyEngine, now: int) -> None:
+    plan = engine.plan(now, INPUTS, enabled=True)
+    assert plan is not None and plan.ok, plan
+    engine.sent(plan)
+
+
+def ramp_chunk(stamp: int, start: np.ndarray, slope: float, F: int = 50) -> ActionChunk:
+    """Every joint moving at ``slope`` per step from ``start``."""
+    return chunk(stamp, start + slope * np.arange(F)[:, None] * np.ones(14))
+
+
+def test_a_seam_is_the_new_chunk_minus_the_plan_followed_at_its_arrival():
+    engine = make_engine()
+    feed_state(engine, REST, T0)
+    assert engine.deliver(ramp_chunk(T0, REST, 0.002), T0)
+    assert engine.last_seam is None  # nothing was followed yet
+    send_plan(engine, T0)
+    # a chunk from an observation 10 steps later lands 3 steps after it, offset by 0.05
+    stamp, now = T0 + 200 * MS, T0 + 260 * MS
+    feed_state(engine, REST + 0.02, stamp)
+    assert engine.deliver(ramp_chunk(stamp, REST + 0.02 + 0.05, 0.002), now)
+    seam = engine.last_seam
+    assert seam.t_ns == now
+    # plan followed at 13 steps: REST + 0.026; new chunk at its 3rd step: REST + 0.076
+    np.testing.assert_allclose(seam.jump, np.full(14, 0.05), atol=1e-9)
+    assert not engine.deliver(ramp_chunk(stamp, REST, 0.0), now)  # not newer: refused
+    assert engine.last_seam is None
+
+
+def test_guidance_is_the_plan_followed_at_the_new_chunks_times_with_the_latency_profile():
+    engine = make_engine(mode="seam_guided", guidance_weight=0.7, replan_remaining_steps=20)
+    feed_state(engine, REST, T0)
+    assert engine.guidance(T0) is None  # no plan yet
+    engine.deliver(ramp_chunk(T0, REST, 0.002), T0 + 60 * MS)  # latency: 3 steps
+    send_plan(engine, T0 + 60 * MS)
+    stamp = T0 + 30 * 20 * MS  # 30 steps in: the plan has 19 more steps (to step 49)
+    prefix, weights = engine.guidance(stamp)
+    k = np.arange(50)
+    expected = REST + 0.002 * np.minimum(30 + k, 49)[:, None]
+    np.testing.assert_allclose(prefix[:20], expected[:20], atol=1e-9)
+    assert (weights[:4] == 1.0).all() and 0 < weights[10] < 1 and (weights[20:] == 0).all()
+    feed_state(engine, REST + 0.06, stamp)
+    views = np.zeros((5, 8, 8, 4), np.float32)
+    obs = engine.observation(stamp, views, 4)
+    np.testing.assert_array_equal(obs.prefix, prefix)
+    assert obs.guidance_weight == 0.7
+    # async observations carry no prefix; candidates only in seam_guided
+    other = make_engine(candidates=3)
+    feed_state(other, REST, T0)
+    assert other.observation(T0, views, 4).prefix is None
+    assert other.noise(T0, (50, 14)).shape == (50, 14)
+
+
+def test_candidate_noise_starts_with_the_single_noise():
+    engine = make_engine(mode="seam_guided", candidates=3)
+    many = engine.noise(T0, (50, 14))
+    assert many.shape == (3, 50, 14)
+    np.testing.assert_array_equal(many[0], observation_noise(3, T0, (50, 14)))
+    assert not np.array_equal(many[1], many[0])

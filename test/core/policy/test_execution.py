@@ -46,6 +46,9 @@ def executor(mode: str, **kw) -> ChunkExecutor:
         ({"expected_latency_s": -1.0}, "expected_latency_s"),
         ({"latency_window": 0}, "latency_window"),
         ({"max_chunk_age_s": 0.0}, "max_chunk_age_s"),
+        ({"guidance_weight": 1.5}, "guidance_weight"),
+        ({"guidance_weight": -0.1}, "guidance_weight"),
+        ({"candidates": 0}, "candidates"),
     ],
 )
 def test_config_errors_name_the_field(kw, field):
@@ -54,8 +57,32 @@ def test_config_errors_name_the_field(kw, field):
 
 
 def test_config_defaults_are_valid_for_every_mode():
-    for mode in ("receding_horizon", "temporal_ensembling", "async"):
+    for mode in ("receding_horizon", "temporal_ensembling", "async", "seam_guided"):
         assert ExecutionConfig(mode=mode).mode == mode
+
+
+def test_seam_guided_executes_chunks_as_async_does():
+    """The guidance acts in the sampler; executing the chunks is async's timing and crossfade."""
+    rng = np.random.default_rng(0)
+    a, g = executor("async"), executor("seam_guided", candidates=3, guidance_weight=0.5)
+    stamp = T0
+    for _ in range(6):
+        c = chunk(
+            stamp, ramp(start=float(rng.uniform(-1, 1)), slope=float(rng.uniform(-0.02, 0.02)))
+        )
+        arrival = stamp + int(rng.integers(0, 8)) * DT_NS
+        assert a.add_chunk(c, now_ns=arrival) == g.add_chunk(c, now_ns=arrival)
+        t = arrival
+        while not a.needs_inference(t):
+            assert not g.needs_inference(t)
+            np.testing.assert_array_equal(a.command_at(t), g.command_at(t))
+            t += DT_NS
+        assert g.needs_inference(t)
+        ta, pa = a.trajectory(t, 100)
+        tg, pg = g.trajectory(t, 100)
+        np.testing.assert_array_equal(ta, tg)
+        np.testing.assert_array_equal(pa, pg)
+        stamp = t
 
 
 # ------------------------------------------------------------------------------ chunk checks

@@ -57,16 +57,19 @@ def make_obs(spec: TinySpec, seed: int = 0, stamp_ns: int = 1_700_000_000_123_45
     )
 
 
+def norm(x, stats):
+    """Min-max to [-1, 1], written out from its definition (the oracles' own, not the runtime's)."""
+    lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
+    return (x - (lo + hi) / 2) * 2 / np.maximum(hi - lo, 1e-3)
+
+
+def unnorm(y, stats):
+    lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
+    return y * np.maximum(hi - lo, 1e-3) / 2 + (lo + hi) / 2
+
+
 def oracle_chunk(spec, wts, meta, obs, noise, inference_steps=None) -> np.ndarray:
     """The policy in numpy, float64, with the normalisation written out from its definition."""
-
-    def norm(x, stats):
-        lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
-        return (x - (lo + hi) / 2) * 2 / np.maximum(hi - lo, 1e-3)
-
-    def unnorm(y, stats):
-        lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
-        return y * np.maximum(hi - lo, 1e-3) / 2 + (lo + hi) / 2
 
     n = meta.normalization
     rgb = np.stack([obs.rgb[c] for c in spec.rgb_cameras]) if spec.rgb_cameras else None
@@ -85,11 +88,19 @@ def oracle_chunk(spec, wts, meta, obs, noise, inference_steps=None) -> np.ndarra
     return unnorm(x0[0], n["action"])
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_model(d, SPEC)
-    return d
+def model_dir_fixture(spec, name: str):
+    """A module fixture: a tiny model of ``spec`` written once into a temp folder ``name``."""
+
+    @pytest.fixture(scope="module")
+    def model_dir(tmp_path_factory):
+        d = tmp_path_factory.mktemp(name)
+        write_model(d, spec)
+        return d
+
+    return model_dir
+
+
+model_dir = model_dir_fixture(SPEC, "tiny")
 
 
 @pytest.fixture(scope="module")
