@@ -176,6 +176,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     es.add_argument("--json", action="store_true")
     es.set_defaults(func=cmd_eval_sim)
+    from .eval import replay
+
+    replay.add_command(ev_sub)
+    replay.add_bench(bench_sub)
 
     from .training.cli import add_commands  # torch is imported only when a command runs
 

@@ -20,6 +20,8 @@ BAD = {  # command -> (arguments after it, a phrase the one-line answer must con
     "data from-bag": (["/nonexistent/bag", "--out", "{tmp}/o"], "/nonexistent/bag: no such bag"),
     "generate": (["--task", "nope", "--out", "{tmp}/g"], "unknown task 'nope'"),
     "eval sim": (["--model", "/missing", "--task", "drawer_open"], "/missing"),
+    "eval replay": (["/nonexistent/bag", "--model", "/missing"], "/nonexistent/bag: no such"),
+    "bench replay": (["--model", "/missing"], "--model /missing"),
     "pretrain": (["--data", "/nonexistent/data", "--out", "{tmp}/run"], "/nonexistent/data"),
     "finetune": (
         ["--init", "/nonexistent/run", "--data", "/nonexistent/data", "--out", "{tmp}/ft"],

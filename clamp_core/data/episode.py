@@ -884,6 +884,16 @@ class EpisodeReader:
         f = self._h5()
         return {name: f[key][()] for name, key in self.LOWDIM.items()}
 
+    def extrinsics(self, cameras=None) -> dict[str, np.ndarray]:
+        """{cam: (T, 4, 4)} every frame's camera-to-base pose, in one read per camera."""
+        f = self._h5()
+        return {c: f[f"cameras/{c}/extrinsics"][()] for c in self._cams(cameras)}
+
+    def depth_mm(self, t: int, camera: str) -> np.ndarray:
+        """(H, W) uint16 depth of one camera at frame ``t`` (mm, 0 = no reading)."""
+        t = self._check_t(t)
+        return self._h5()[f"observations/depth/{self._cams(camera)[0]}"][t]
+
     def _padded(self, key: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows start..stop-1 of a time series; out-of-range rows repeat the edge row."""
         ds = self._h5()[key]
