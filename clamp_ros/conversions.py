@@ -29,6 +29,21 @@ def ns_to_stamp(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
+def trajectory_msg(stamp_ns: int, joint_names, points):
+    """trajectory_msgs/JointTrajectory stamped ``stamp_ns``: ``points`` (time_from_start ns,
+    which may be negative; positions; effort)."""
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory()
+    msg.header = Header(stamp=ns_to_stamp(stamp_ns))
+    msg.joint_names = list(joint_names)
+    for dt, positions, effort in points:
+        p = JointTrajectoryPoint(positions=positions, effort=effort)
+        p.time_from_start.sec, p.time_from_start.nanosec = divmod(int(dt), 1_000_000_000)
+        msg.points.append(p)
+    return msg
+
+
 def info_from_camera(cam: PinholeCamera, header: Header) -> CameraInfo:
     msg = CameraInfo(header=header, width=cam.width, height=cam.height)
     msg.distortion_model = cam.distortion_model or "plumb_bob"

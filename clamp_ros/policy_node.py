@@ -21,6 +21,9 @@ Publishes
   /diagnostics              rates, latencies (sync, fusion + render, inference, publish), the
                             reason for every suppressed command
 Subscribes   the perception node's camera topics, /tf, /tf_static, the follower joint states
+  ~/chunks, ~/chunk_inputs  (publish_chunks) every computed chunk and the inputs the node's
+                            timing chose for it, stamped with its observation
+                            (clamp_core.policy.inference_log)
 Services     ~/enable (std_srvs/SetBool)
 """
 
@@ -48,6 +51,7 @@ from clamp_core.perception import PerceptionError
 from clamp_core.perception.config import ConfigError
 from clamp_core.policy.engine import EngineConfig, PolicyEngine
 from clamp_core.policy.execution import ExecutionConfig
+from clamp_core.policy.inference_log import InferenceRecord
 from clamp_core.policy.metadata import MetadataError, check_compatible
 from clamp_core.policy.runtime import (
     OnnxPolicy,
@@ -57,7 +61,7 @@ from clamp_core.policy.runtime import (
 )
 from clamp_core.policy.safety import JointStateCheck, SafetyConfig, aloha_defaults
 
-from .conversions import ns_to_stamp, stamp_to_ns
+from .conversions import ns_to_stamp, stamp_to_ns, trajectory_msg
 from .graph import share_dir
 from .params import declare, declare_dataclass, field_docs
 from .perception_node import PerceptionFrontend
@@ -159,6 +163,13 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             0,
             "Run seed of the diffusion noise: each observation's noise is drawn from (seed, "
             "its stamp), so replay computes the same chunks.",
+        )
+        self.publish_chunks = d(
+            "publish_chunks",
+            False,
+            "Publish every computed chunk on ~/chunks and the inputs the node's timing chose "
+            "for it on ~/chunk_inputs (clamp_core.policy.inference_log), so `clamp eval replay "
+            "--follow-node` can check a recording bit for bit.",
         )
         self.time_reset_s_policy = d(
             "policy_time_reset_s",
@@ -386,6 +397,12 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 )
         else:
             raise ConfigError(f"output '{self.output}' must be joint_trajectory or interbotix")
+        if self.publish_chunks:
+            q = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            self.chunk_pubs = (
+                self.create_publisher(JointTrajectory, "~/chunks", q),
+                self.create_publisher(JointTrajectory, "~/chunk_inputs", q),
+            )
 
     def on_joint_state(self, arm: str, msg: JointState) -> None:
         now = self._now()
@@ -469,6 +486,8 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         except (PolicyInputError, PolicyOutputError) as e:
             return self._suppress("bad_inference", f"no command from this observation: {e}")
         t3 = time.perf_counter()
+        if self.publish_chunks:
+            self._publish_chunk(InferenceRecord.of(obs, chunk))
         with self.lock:
             if not self.engine.deliver(chunk, now_ns=self._now()):
                 return  # (re)started while this inference ran, or already outdated
@@ -492,6 +511,11 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         if published:
             self.stats["publish_ms"].add((t4 - t3) * 1e3)
             self.stats["stamp_to_command_ms"].add((self._now() - stamp) * 1e-6)
+
+    def _publish_chunk(self, rec: InferenceRecord) -> None:
+        chunks, inputs = self.chunk_pubs
+        chunks.publish(trajectory_msg(rec.stamp_ns, rec.joint_names, rec.chunk_points()))
+        inputs.publish(trajectory_msg(rec.stamp_ns, rec.joint_names, rec.input_points()))
 
     # ------------------------------------------------------------------ views from topics
     def _init_view_topics(self) -> None:

@@ -68,6 +68,11 @@ class ReplayConfig:
     """DDIM steps (None: the model's)."""
     topics_map: str = "clamp"
     """Topics map of the bags (a shipped map's name or a YAML file, see docs/episodes.md)."""
+    follow_node: str = ""
+    """A policy node's name (e.g. ``/policy``) whose ``publish_chunks`` topics the bags hold:
+    infer exactly on the observations that node inferred on, with the action history and
+    guidance it used (the inputs its thread timing decided, ``clamp_core.policy.inference_log``),
+    and compare each chunk with the node's bit for bit (the report's ``live``); "" = off."""
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "tf_wait_s"):
@@ -78,6 +83,8 @@ class ReplayConfig:
             raise ValueError(f"seed: needs an integer, got {self.seed!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads: needs an integer >= 0, got {self.threads!r}")
+        if self.follow_node and self.every_frame:
+            raise ValueError("follow_node and every_frame: choose one (the node chose its frames)")
 
 
 @dataclass
@@ -129,6 +136,44 @@ class _Episode:
     last_clock: int | None = None
     recorded: Recorded | None = None
     truncated: dict | None = None
+    live: _Live | None = None
+
+
+@dataclass
+class _Live:
+    """The chunks a policy node published (``follow_node``) against the replay's."""
+
+    node: dict = field(default_factory=dict)
+    """Observation stamp -> the node's InferenceRecord."""
+    identical: int = 0
+    different: list = field(default_factory=list)
+    """(stamp, max |difference|) of the chunks that differ."""
+    compared: set = field(default_factory=set)
+
+    def compare(self, stamp: int, node_actions: np.ndarray, actions: np.ndarray) -> None:
+        self.compared.add(stamp)
+        if node_actions.shape == actions.shape and np.array_equal(node_actions, actions):
+            self.identical += 1
+        else:
+            diff = (
+                np.abs(node_actions - actions).max()
+                if node_actions.shape == actions.shape
+                else np.inf
+            )
+            self.different.append((stamp, float(diff)))
+
+    def report(self) -> dict:
+        missing = sorted(set(self.node) - self.compared)
+        return {
+            "node_chunks": len(self.node),
+            "compared": len(self.compared),
+            "identical": self.identical,
+            "different": len(self.different),
+            "max_abs_difference": max((d for _, d in self.different), default=0.0),
+            "different_stamps_ns": [t for t, _ in self.different[:20]],
+            "missing": len(missing),
+            "missing_stamps_ns": missing[:20],
+        }
 
 
 class _Driver:
@@ -305,6 +350,9 @@ class _Driver:
         wants, warning = engine.wants(stamp, clock)
         if warning:
             ep.notes.append(f"{warning} (at {stamp * 1e-9:.3f} s)")
+        live = ep.live
+        if live is not None:  # the node's choice, not the modelled one
+            wants = stamp in live.node
         if not (wants or self.cfg.every_frame):
             return
         t0 = time.perf_counter()
@@ -316,6 +364,8 @@ class _Driver:
         obs = engine.observation(stamp, views, meta.action_history)
         if obs is None:
             return self._drop("no_joint_state", engine.no_state_reason())
+        if live is not None:
+            live.node[stamp].apply(obs)
         if self.onnx:
             chunk = self.policy.predict(
                 obs, noise=engine.noise(stamp, (meta.action_horizon, meta.action_dim))
@@ -323,6 +373,8 @@ class _Driver:
         else:  # a scripted policy samples nothing
             chunk = self.policy.predict(obs)
         t2 = time.perf_counter()
+        if live is not None:
+            live.compare(stamp, live.node[stamp].actions, np.asarray(chunk.actions, np.float64))
         ep.render_ms.append((t1 - t0) * 1e3)
         ep.infer_ms.append((t2 - t1) * 1e3)
         ep.chunks.append(
@@ -456,6 +508,8 @@ def _replay_bag(path, tmap, driver: _Driver, progress) -> None:
     except BagError as e:
         raise ReplayError(str(e)) from None
     with bag:
+        if driver.cfg.follow_node:
+            ep.live = _Live(node=_node_inferences(bag, driver.cfg.follow_node, path))
         conv = _Replay(bag, tmap, cfg, Path("."))
         try:
             conv.prepare()
@@ -486,6 +540,29 @@ def _replay_bag(path, tmap, driver: _Driver, progress) -> None:
         ep.notes += conv.notes
 
 
+def _node_inferences(bag, node: str, path) -> dict:
+    """Observation stamp -> InferenceRecord of every chunk ``node`` published in ``bag``."""
+    from ..policy.inference_log import InferenceLogError, InferenceRecord
+
+    topics = (f"{node.rstrip('/')}/chunks", f"{node.rstrip('/')}/chunk_inputs")
+    absent = [t for t in topics if t not in bag.topics]
+    if absent:
+        raise ReplayError(
+            f"{path}: no {' or '.join(absent)} (record the node with publish_chunks: true, or "
+            "drop follow_node)"
+        )
+    msgs: dict[str, dict[int, object]] = {t: {} for t in topics}
+    for topic, _, _, msg in bag.messages(topics):
+        msgs[topic][msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = msg
+    chunks, inputs = msgs[topics[0]], msgs[topics[1]]
+    try:  # a chunk whose inputs message was lost cannot be reproduced: left out
+        return {
+            t: InferenceRecord.from_messages(m, inputs[t]) for t, m in chunks.items() if t in inputs
+        }
+    except InferenceLogError as e:
+        raise ReplayError(f"{path}: {topics[0]}: {e}") from None
+
+
 def _replay_episode(path, driver: _Driver, progress) -> None:
     """An HDF5 episode as the node would have received it: each frame's joint states, camera
     poses (tf; tf_static for a camera that never moves) and depth images at its stamp. Depth is
@@ -497,6 +574,8 @@ def _replay_episode(path, driver: _Driver, progress) -> None:
     from ..training.data import optical_frame
 
     ep = driver.ep
+    if driver.cfg.follow_node:
+        raise ReplayError(f"{path}: follow_node needs a bag with the node's chunk topics")
     cams = [c.name for c in driver.pipeline.config.cameras]
     base = driver.pipeline.config.base_frame
     try:
@@ -850,6 +929,8 @@ def replay(
                 why = ", ".join(f"{k} {v}" for k, v in sorted(ep.drops.items())) or "no camera set"
                 raise ReplayError(f"{path}: no inference ({ep.observations} observations; {why})")
             result, err, cons, timing = _score(ep, joints, meta.action_horizon)
+            if ep.live is not None:
+                result["live"] = ep.live.report()
             all_err.merge(err)
             all_cons.merge(cons)
             for g, v in timing.items():
@@ -1116,6 +1197,16 @@ def add_command(eval_sub) -> None:
         help="infer on every camera set, not only where the node would",
     )
     p.add_argument("--no-safety", action="store_true", help="skip the node's safety filter")
+    p.add_argument(
+        "--follow-node",
+        nargs="?",
+        const="/policy",
+        default="",
+        metavar="NODE",
+        help="infer where the recorded policy node NODE (default /policy, run with "
+        "publish_chunks) inferred, with its action history and guidance, and compare each "
+        "chunk with its own bit for bit",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: default)")
     p.set_defaults(func=cmd_replay)
 
@@ -1143,6 +1234,7 @@ def cmd_replay(args) -> int:
             ),
             threads=args.threads,
             topics_map=args.topics_map,
+            follow_node=args.follow_node,
         )
     except ValueError as e:
         raise ReplayError(str(e).replace("latency_s", "--latency-s")) from None
@@ -1162,6 +1254,13 @@ def cmd_replay(args) -> int:
             + f" rad; gripper timing {_fmt(g['mean_error_s'], 3)} s ({g['matched']}/"
             f"{g['events']} events); consistency {ep['consistency']['arm_mean_rad']:.4f} rad"
         )
+        if "live" in ep:
+            lv = ep["live"]
+            print(
+                f"  live node: {lv['identical']}/{lv['node_chunks']} chunks identical bit for "
+                f"bit, {lv['different']} different (max {lv['max_abs_difference']:.3g}), "
+                f"{lv['missing']} not replayed"
+            )
         for n in ep.get("notes", []):
             print(f"  note: {n}")
     w = r["wall"]
