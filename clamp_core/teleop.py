@@ -97,3 +97,39 @@ def follower_command(
         raise TeleopError(f"non-finite position for {bad}")
     q[6] = gripper.to_follower(q[6])
     return np.clip(q, low, high)
+
+
+class ShadowComparison:
+    """Shadow mode's live score: what the policy would command against what the operator does.
+    Each leader state is compared with the policy's last plan at the leader state's stamp (when
+    the plan covers it); the errors of the newest ``window`` comparisons are kept per arm."""
+
+    def __init__(self, window: int = 500):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+        self.errors: dict[str, list[np.ndarray]] = {}
+
+    def add(self, arm: str, leader_q: np.ndarray, plan_q: np.ndarray | None) -> None:
+        """``leader_q``: (7,) the leader arm mapped to the follower (``follower_command``);
+        ``plan_q``: (7,) the policy's plan for that arm at the leader state's stamp, or None
+        when no plan covers it (nothing is counted then)."""
+        if plan_q is None:
+            return
+        buf = self.errors.setdefault(arm, [])
+        buf.append(np.abs(np.asarray(plan_q, float) - np.asarray(leader_q, float)))
+        del buf[: -self.window]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{arm: {"joints_rad": mean |error| over the six arm joints, "gripper": mean |error| of
+        the normalised gripper, "samples": n}} over the window."""
+        out = {}
+        for arm, buf in self.errors.items():
+            if buf:
+                e = np.array(buf)
+                out[arm] = {
+                    "joints_rad": float(e[:, :6].mean()),
+                    "gripper": float(e[:, 6].mean()),
+                    "samples": len(buf),
+                }
+        return out

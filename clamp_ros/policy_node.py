@@ -18,12 +18,16 @@ Publishes
   <arm trajectory topics>   trajectory_msgs/JointTrajectory per arm (output ``joint_trajectory``)
   <interbotix topics>       interbotix_xs_msgs JointGroupCommand + JointSingleCommand, streamed at
                             the control rate (output ``interbotix``)
+  ~/shadow/<arm>/joint_trajectory   (shadow) instead of the two above: what the policy would
+                            command, while the operator drives the arms
   /diagnostics              rates, latencies (sync, fusion + render, inference, publish), the
-                            reason for every suppressed command
-Subscribes   the perception node's camera topics, /tf, /tf_static, the follower joint states
+                            reason for every suppressed command; in shadow mode the error
+                            against the leader arms
   ~/chunks, ~/chunk_inputs  (publish_chunks) every computed chunk and the inputs the node's
                             timing chose for it, stamped with its observation
                             (clamp_core.policy.inference_log)
+Subscribes   the perception node's camera topics, /tf, /tf_static, the follower joint states;
+             in shadow mode the leader arms' joint states
 Services     ~/enable (std_srvs/SetBool)
 """
 
@@ -60,6 +64,8 @@ from clamp_core.policy.runtime import (
     PolicyOutputError,
 )
 from clamp_core.policy.safety import JointStateCheck, SafetyConfig, aloha_defaults
+from clamp_core.policy.trajectory import sample_linear
+from clamp_core.teleop import GripperMap, ShadowComparison, follower_command
 
 from .conversions import ns_to_stamp, stamp_to_ns, trajectory_msg
 from .graph import share_dir
@@ -135,6 +141,11 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                     f"/follower_{arm}/commands/joint_single",
                     "interbotix_xs_msgs/JointSingleCommand topic of the gripper.",
                 ),
+                "leader": d(
+                    f"{arm}.leader_topic",
+                    f"/leader_{arm}/joint_states",
+                    "Shadow mode: the leader arm's sensor_msgs/JointState (the operator).",
+                ),
             }
         self.views_from_topics = d(
             "views_from_topics",
@@ -171,6 +182,19 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "for it on ~/chunk_inputs (clamp_core.policy.inference_log), so `clamp eval replay "
             "--follow-node` can check a recording bit for bit.",
         )
+        self.shadow = d(
+            "shadow",
+            False,
+            "Shadow mode: the policy runs live but publishes what it would command on "
+            "~/shadow/<arm>/joint_trajectory, never to the arms; its error against the leader "
+            "arms (<arm>.leader_topic) goes to /diagnostics.",
+        )
+        gripper_range = d(
+            "leader_gripper_range",
+            [GripperMap().closed_rad, GripperMap().open_rad],
+            "Shadow mode: leader gripper angles (rad) [closed, open] = the follower's 0 and 1.",
+        )
+        self.leader_gripper = GripperMap.from_range(gripper_range)
         self.time_reset_s_policy = d(
             "policy_time_reset_s",
             1.0,
@@ -381,7 +405,20 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
 
     # ------------------------------------------------------------------ inputs
     def _make_publishers(self) -> None:
-        if self.output == "joint_trajectory":
+        if self.shadow:  # never the controllers' topics: the operator drives the arms
+            self.output = "joint_trajectory"
+            self.shadow_score = ShadowComparison()
+            for arm in self.arms:
+                self.pubs[arm] = self.create_publisher(
+                    JointTrajectory, f"~/shadow/{arm}/joint_trajectory", 10
+                )
+                self.create_subscription(
+                    JointState,
+                    self.arm_cfg[arm]["leader"],
+                    lambda m, a=arm: self.on_leader(a, m),
+                    10,
+                )
+        elif self.output == "joint_trajectory":
             for arm in self.arms:
                 self.pubs[arm] = self.create_publisher(
                     JointTrajectory, self.arm_cfg[arm]["trajectory"], 10
@@ -403,6 +440,24 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 self.create_publisher(JointTrajectory, "~/chunks", q),
                 self.create_publisher(JointTrajectory, "~/chunk_inputs", q),
             )
+
+    def on_leader(self, arm: str, msg: JointState) -> None:
+        """Shadow mode: score the last plan against the operator's leader arm at its stamp."""
+        try:
+            stamp = stamp_to_ns(msg.header.stamp) or self._now()
+            names = self.arm_cfg[arm]["joints"]
+            q = follower_command(
+                msg.name, msg.position, self.leader_gripper, np.full(7, -np.inf), np.full(7, np.inf)
+            )
+        except ValueError as e:
+            return self.error((arm, "leader"), f"{arm} leader state ignored: {e}")
+        idx = [self.joint_index[(arm, j)] for j in names]
+        with self.lock:
+            plan = self.engine.last_plan
+        planned = None
+        if plan is not None and int(plan[0][0]) <= stamp <= int(plan[0][-1]):
+            planned = sample_linear(plan[0], plan[1], stamp)[idx]
+        self.shadow_score.add(arm, q, planned)
 
     def on_joint_state(self, arm: str, msg: JointState) -> None:
         now = self._now()
@@ -757,7 +812,19 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             KeyValue(key=f"dropped {k}", value=str(v)) for k, v in sorted(self.drops.items())
         ]
         values.append(KeyValue(key="last suppression", value=self.last_suppression or "-"))
-        level, message = DiagnosticStatus.OK, "commanding"
+        if self.shadow:
+            for arm, e in sorted(self.shadow_score.summary().items()):
+                values.append(
+                    KeyValue(key=f"shadow {arm} error_rad", value=f"{e['joints_rad']:.4f}")
+                )
+                values.append(
+                    KeyValue(key=f"shadow {arm} gripper_error", value=f"{e['gripper']:.3f}")
+                )
+                values.append(KeyValue(key=f"shadow {arm} samples", value=str(e["samples"])))
+        level, message = (
+            DiagnosticStatus.OK,
+            "shadow: commanding nothing" if self.shadow else "commanding",
+        )
         if not self.active:
             level, message = DiagnosticStatus.OK, "inactive"
         elif not self.enabled:

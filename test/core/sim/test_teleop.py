@@ -88,3 +88,19 @@ def test_leader_positions_put_the_gripper_in_leader_angles():
     a[6], a[13] = 1.0, 0.0
     arms = leader_positions(a, g)
     assert arms["left"][6] == 1.5 and arms["right"][6] == -0.5
+
+
+def test_shadow_comparison_scores_the_plan_against_the_leader_over_a_window():
+    from clamp_core.teleop import ShadowComparison
+
+    s = ShadowComparison(window=3)
+    leader = np.zeros(7)
+    s.add("left", leader, None)  # no plan covers this state: nothing counted
+    assert s.summary() == {}
+    for err in (0.4, 0.1, 0.2, 0.3):  # the first falls out of the window
+        s.add("left", leader, np.array([err] * 6 + [2 * err]))
+    out = s.summary()["left"]
+    assert out["samples"] == 3
+    assert out["joints_rad"] == pytest.approx(0.2) and out["gripper"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="window"):
+        ShadowComparison(window=0)
