@@ -14,3 +14,8 @@ ALOHA_JOINT_NAMES = [f"{side}_{joint}" for side in SIDES for joint in ARM_JOINT_
 NUM_JOINTS = len(ALOHA_JOINT_NAMES)
 GRIPPER_INDICES = (6, 13)
 """Columns of qpos / action that hold the (normalised, 0 closed .. 1 open) gripper positions."""
+
+NODE_EXECUTION = {"mode": "seam_guided", "replan_remaining_steps": 30}
+"""The chunk execution settings of config/aloha_bimanual.yaml and config/sim_demo.yaml (a test
+keeps them equal): `clamp eval sim` and `clamp eval replay` run the policy as the node does
+unless told otherwise."""

@@ -110,9 +110,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     es.add_argument(
         "--mode",
         choices=["receding_horizon", "temporal_ensembling", "async", "seam_guided"],
-        default="async",
-        help="chunk execution mode, as the policy node's execution.mode (default: async; the "
-        "demo and robot configs use seam_guided with --replan-remaining-steps 30)",
+        default="seam_guided",
+        help="chunk execution mode, as the policy node's execution.mode (default: the robot "
+        "config's, seam_guided)",
     )
     es.add_argument(
         "--execute-steps", type=int, default=None, help="receding_horizon: actions run per chunk"
@@ -121,7 +121,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "--replan-remaining-steps",
         type=int,
         default=None,
-        help="async: infer when fewer steps than this are left of the chunk",
+        help="async, seam_guided: infer when fewer steps than this are left of the chunk "
+        "(default: the robot config's, 30)",
     )
     es.add_argument(
         "--blend-steps", type=int, default=None, help="async: crossfade steps into a new chunk"
@@ -334,12 +335,15 @@ def cmd_bench_sim(args) -> int:
 
 
 def cmd_eval_sim(args) -> int:
+    from .aloha import NODE_EXECUTION
     from .eval.sim_eval import evaluate
     from .policy.execution import ExecutionConfig
 
     fields = {
         "execute_steps": args.execute_steps,
-        "replan_remaining_steps": args.replan_remaining_steps,
+        "replan_remaining_steps": args.replan_remaining_steps
+        if args.replan_remaining_steps is not None
+        else NODE_EXECUTION["replan_remaining_steps"],
         "blend_steps": args.blend_steps,
         "guidance_weight": args.guidance_weight,
         "candidates": args.candidates,

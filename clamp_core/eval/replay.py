@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..aloha import ARM_JOINT_NAMES, SIDES
+from ..aloha import ARM_JOINT_NAMES, NODE_EXECUTION, SIDES
 from .seams import clips_by_reason, gripper_mask, summarize_seams
 
 if TYPE_CHECKING:  # ONNX Runtime is loaded only when a replay runs
@@ -35,11 +35,6 @@ GRIPPER_MATCH_S = 1.0
 
 class ReplayError(ValueError):
     """Input that cannot be replayed; ``str()`` is one line naming what to change."""
-
-
-NODE_EXECUTION = {"mode": "seam_guided", "replan_remaining_steps": 30}
-"""The execution settings of config/aloha_bimanual.yaml and config/sim_demo.yaml (a test keeps
-them equal): replay runs the policy as the node does unless told otherwise."""
 
 
 @dataclass

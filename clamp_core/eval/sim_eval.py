@@ -3,8 +3,8 @@
 The same pieces as the robot: cameras rendered by the sim, views by the perception pipeline from
 depth + extrinsics (``EpisodeRenderer``, the training-time path), the ONNX Runtime policy and
 the policy node's own engine (``PolicyEngine``: joint state validation, action history,
-restarts, chunk execution in any mode (by default async; the demo and robot configs use
-seam_guided with replan_remaining_steps 30), and
+restarts, chunk execution in any mode (by default the robot config's: seam_guided with
+replan_remaining_steps 30), and
 the safety filter). As on the robot, each chunk that arrives becomes a trajectory the simulated
 controller follows (a JointTrajectoryController's linear interpolation); a stop holds the arm
 where it is. By default inference takes no simulated time
@@ -40,9 +40,8 @@ def evaluate(
     policy=None,
     noise_seed: int | None = 0,
 ) -> dict:
-    """``execution``: an ``ExecutionConfig`` (default: ``ExecutionConfig(mode="async")``;
-    config/aloha_bimanual.yaml and the demo use ``mode="seam_guided",
-    replan_remaining_steps=30``); ``safety``: run the node's safety filter
+    """``execution``: an ``ExecutionConfig`` (default: the robot config's, ``NODE_EXECUTION``);
+    ``safety``: run the node's safety filter
     (``aloha_defaults``) on every command (False: the policy's commands as they are);
     ``latency_steps``: control steps from an observation to its chunk's arrival (the
     deployment's stamp-to-command latency; 0: inference takes no simulated time);
@@ -70,6 +69,7 @@ def evaluate(
 
     from tqdm import tqdm
 
+    from ..aloha import NODE_EXECUTION
     from ..policy.engine import EngineConfig, Plan, PolicyEngine
     from ..policy.execution import ExecutionConfig
     from ..policy.runtime import OnnxPolicy
@@ -95,7 +95,7 @@ def evaluate(
             f"latency_steps and settle_steps must be >= 0 and camera_every >= 1, got "
             f"{latency_steps}, {settle_steps}, {camera_every}"
         )
-    exec_cfg = execution if execution is not None else ExecutionConfig(mode="async")
+    exec_cfg = execution if execution is not None else ExecutionConfig(**NODE_EXECUTION)
     dt_ns = round(1e9 / meta.control_rate_hz)
     joints = list(meta.joint_names)
     safety_cfg = aloha_defaults(joint_names=joints, control_period_s=dt_ns * 1e-9)

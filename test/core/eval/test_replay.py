@@ -388,7 +388,7 @@ def test_the_replay_path_imports_no_torch(recorded):
 def test_replay_defaults_to_the_robot_configs_execution():
     import yaml
 
-    from clamp_core.eval.replay import NODE_EXECUTION
+    from clamp_core.aloha import NODE_EXECUTION
 
     root = Path(__file__).resolve().parents[3]
     for name in ("aloha_bimanual.yaml", "sim_demo.yaml"):

@@ -486,10 +486,10 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
     assert 1 <= ep["steps"] <= 600 and r["successes"] == int(ep["success"])
     assert isinstance(ep["diverged"], bool)
 
-    # the node's executor decides when to infer: every 25 steps here, every F - 20 = 30 in
-    # async mode (inference takes no simulated time, so no latency margin); a stop (this
-    # untrained model drives the arms past their limits) drops the chunk and asks again, and
-    # no observation is taken while the measured state is not believed
+    # the node's executor decides when to infer: every 25 steps here, every F - 30 = 20 in
+    # the default seam_guided mode (inference takes no simulated time, so no latency margin);
+    # a stop (this untrained model drives the arms past their limits) drops the chunk and asks
+    # again, and no observation is taken while the measured state is not believed
     def check_inferences(r, ep, every: int) -> None:
         stops = sum(n for k, n in r["clipped"].items() if k.startswith("suppressed"))
         expected = -(-ep["steps"] // every)
@@ -500,9 +500,9 @@ def test_eval_sim_runs_a_model_in_closed_loop(tmp_path):
 
     check_inferences(r, ep, 25)
     r = run(inference_steps=1, trace=True)
-    assert r["execution"]["mode"] == "async" and r["settle_steps"] == 5
+    assert r["execution"]["mode"] == "seam_guided" and r["settle_steps"] == 5
     (ep,) = r["episodes"]
-    check_inferences(r, ep, 30)
+    check_inferences(r, ep, 20)
     # the trace: one row per control step; what was sent obeys the safety filter's limits
     tr = ep["trace"]
     n = ep["steps"]
