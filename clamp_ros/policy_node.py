@@ -532,7 +532,9 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         t2 = time.perf_counter()
         meta = policy.metadata
         with self.lock:
-            obs = self.engine.observation(stamp, views, meta.action_history)
+            obs = self.engine.observation(
+                stamp, views, meta.action_history, history_stride=meta.action_history_stride
+            )
             noise = self.engine.noise(stamp, (meta.action_horizon, meta.action_dim))
         if obs is None:
             return self._no_joint_states()

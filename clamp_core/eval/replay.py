@@ -356,7 +356,9 @@ class _Driver:
                 f.depth = self.load_depth(f)
         views = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp).views.images
         t1 = time.perf_counter()
-        obs = engine.observation(stamp, views, meta.action_history)
+        obs = engine.observation(
+            stamp, views, meta.action_history, history_stride=meta.action_history_stride
+        )
         if obs is None:
             return self._drop("no_joint_state", engine.no_state_reason())
         if live is not None:

@@ -195,7 +195,9 @@ def evaluate(
                         "depth_mm": {c: encode_depth_mm(frame.depth_m[c]) for c in cams},
                     }
                     views = renderer.render_frame(rec, calib).images
-                    obs = engine.observation(now, views, meta.action_history)
+                    obs = engine.observation(
+                        now, views, meta.action_history, history_stride=meta.action_history_stride
+                    )
                 if obs is not None:
                     if noise_seed is None:  # a policy with its own sampling (scripted)
                         chunk = policy.predict(obs)

@@ -54,9 +54,19 @@ class ActionEncoderConfig:
 
     history: int = 10
     """Past actions encoded (H)."""
+    history_stride: int = 1
+    """Control steps between consecutive history samples: the history spans history x
+    history_stride steps (e.g. 10 x 5 = the last second at 50 Hz)."""
     dim: int = 128
     layers: int = 2
     heads: int = 4
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.history_stride, int) and self.history_stride >= 1):
+            raise ConfigError(
+                f"action encoder: history_stride must be an integer >= 1, got "
+                f"{self.history_stride!r}"
+            )
 
 
 @dataclass

@@ -265,10 +265,11 @@ class PolicyEngine:
         return self.executor.needs_inference(now_ns), warning
 
     def observation(
-        self, stamp_ns: int, views: np.ndarray, history: int, rgb=None
+        self, stamp_ns: int, views: np.ndarray, history: int, rgb=None, history_stride: int = 1
     ) -> PolicyObservation | None:
-        """The model's input for views (V, H, W, 4) at ``stamp_ns``; None while there is no
-        believed joint state (``no_state_reason`` says why)."""
+        """The model's input for views (V, H, W, 4) at ``stamp_ns``: ``history`` past commands
+        ``history_stride`` control periods apart; None while there is no believed joint state
+        (``no_state_reason`` says why)."""
         qpos = self.measured_at(stamp_ns)
         if qpos is None:
             return None
@@ -279,7 +280,9 @@ class PolicyEngine:
             stamp_ns=int(stamp_ns),
             views=views,
             qpos=qpos,
-            action_history=action_history(times, cmds, stamp_ns, history, self.cfg.dt_ns, qpos),
+            action_history=action_history(
+                times, cmds, stamp_ns, history, self.cfg.dt_ns * int(history_stride), qpos
+            ),
             rgb=rgb,
         )
         if self.executor.cfg.mode == "seam_guided":

@@ -66,6 +66,9 @@ class PolicyMetadata:
     """F: actions per predicted chunk."""
     action_history: int
     """Ha: past actions fed to the encoders, oldest first (0 = none)."""
+    action_history_stride: int = 1
+    """Control periods between consecutive history samples (the history spans
+    action_history x action_history_stride periods before the observation)."""
     control_rate_hz: float
     """Rate of the actions in a chunk (Hz); consecutive actions are 1/rate apart."""
     cameras: list[str]
@@ -105,6 +108,7 @@ class PolicyMetadata:
         self.action_dim = _int("action_dim", self.action_dim, 1)
         self.action_horizon = _int("action_horizon", self.action_horizon, 1)
         self.action_history = _int("action_history", self.action_history, 0)
+        self.action_history_stride = _int("action_history_stride", self.action_history_stride, 1)
         self.cond_tokens = _int("cond_tokens", self.cond_tokens, 1)
         self.cond_dim = _int("cond_dim", self.cond_dim, 1)
         self.control_rate_hz = _float("control_rate_hz", self.control_rate_hz)

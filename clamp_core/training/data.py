@@ -204,12 +204,14 @@ class WindowDataset:
         stride: int,
         text_cfg=None,
         tasks: list[str] | None = None,
+        history_stride: int = 1,
     ):
         if any(e.views is None for e in episodes):
             raise ValueError("WindowDataset: attach cached views to every episode first")
         self.episodes = episodes
         self.norm = norm
         self.history, self.horizon, self.stride = int(history), int(horizon), int(stride)
+        self.history_stride = int(history_stride)
         self.text_cfg = text_cfg
         self.tasks = tasks or sorted({e.task for e in episodes})
         self.index = np.array(
@@ -232,14 +234,20 @@ class WindowDataset:
         return len(self.index)
 
     def _history(self, ei: int, t: int) -> np.ndarray:
-        """Actions t-H .. t-1; before the episode's start, the measured position at t, as the
-        policy node fills what it has not commanded yet (padding with the first action instead
-        would tell the model what the demonstrator did first: which arm, for one)."""
+        """Actions t-H*s .. t-s (s = history_stride frames apart); before the episode's start,
+        the measured position at t, as the policy node fills what it has not commanded yet
+        (padding with the first action instead would tell the model what the demonstrator did
+        first: which arm, for one)."""
         act = self._act[ei]
         # the policy engine's own function: an episode's actions at its frame rate are the
         # commands in force at each frame (time in frames here)
         out = action_history(
-            np.arange(len(act)), act, t, self.history, 1, self._qpos_as_action[ei][t]
+            np.arange(len(act)),
+            act,
+            t,
+            self.history,
+            self.history_stride,
+            self._qpos_as_action[ei][t],
         )
         return out.astype(act.dtype, copy=False)
 

@@ -180,6 +180,7 @@ def build_metadata(ck: dict, cfg: ModelConfig, name: str, parity_diff: float | N
         action_dim=cfg.action_dim,
         action_horizon=cfg.action_horizon,
         action_history=cfg.action.history,
+        action_history_stride=cfg.action.history_stride,
         control_rate_hz=50.0,
         cameras=list(ck["cameras"]),
         rgb_cameras=list(cfg.rgb.cameras) if cfg.rgb.enabled else [],

@@ -218,6 +218,7 @@ def prepare_data(cfg: TrainConfig, model_cfg: ModelConfig, norm=None, progress=T
     kw = dict(
         norm=norm,
         history=model_cfg.action.history,
+        history_stride=model_cfg.action.history_stride,
         horizon=model_cfg.action_horizon,
         stride=cfg.frame_stride,
         text_cfg=model_cfg.text,

@@ -65,6 +65,7 @@ def test_presets_are_valid_and_differ():
         ({"image": {"dim": 40, "heads": 2}}, "multiple of 6"),
         ({"image": {"dim": 50, "heads": 4}}, "not divisible"),
         ({"bogus": 1}, "unknown keys"),
+        ({"action": {"history_stride": 0}}, "history_stride must be an integer >= 1"),
         ({"view_tokens": 0}, "view_tokens must be an integer in 1..3"),
         ({"view_tokens": 4}, "view_tokens must be an integer in 1..3"),
         ({"view_size": 32, "image": {"patch_size": 8}, "view_tokens": 3}, "must divide"),

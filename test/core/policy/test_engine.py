@@ -129,6 +129,10 @@ def test_history_and_observation_follow_what_was_commanded(tmp_path):
     obs = e.observation(T0 + 10 * 20 * MS, np.zeros((1, 2, 2, 4)), 4)
     np.testing.assert_allclose(obs.action_history, actions[6:10])
     np.testing.assert_allclose(obs.qpos, REST)
+    # a history of chunks: 3 samples 3 control periods apart (t-9, t-6, t-3), before the first
+    # command the measured position
+    obs = e.observation(T0 + 10 * 20 * MS, np.zeros((1, 2, 2, 4)), 4, history_stride=3)
+    np.testing.assert_allclose(obs.action_history, np.stack([REST, *actions[[1, 4, 7]]]))
 
 
 # ------------------------------------------------------------------------------ plans

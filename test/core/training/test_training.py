@@ -136,6 +136,17 @@ def test_windows_are_normalised_and_aligned(toy_data, cache_dir):
         np.testing.assert_array_equal(item["actions_is_pad"], np.arange(t, t + 10) >= T)
         assert np.all(np.abs(item["qpos"]) <= 1 + 1e-6)
         np.testing.assert_array_equal(item["views"], np.asarray(eps[ei].views[k], np.float32))
+    # a history of 4 samples 3 frames apart: t-12, t-9, t-6, t-3 (the same function as the node)
+    spaced = WindowDataset(eps, norm, history=4, horizon=10, stride=2, history_stride=3)
+    for i in (0, 5, len(spaced) - 1):
+        ei, k = spaced.index[i]
+        t = int(k) * 2
+        idx = t - 3 * np.arange(4, 0, -1)
+        act = eps[ei].lowdim["action"]
+        want = np.where((idx < 0)[:, None], eps[ei].lowdim["qpos"][t], act[idx.clip(0)])
+        np.testing.assert_allclose(
+            norm["action"].unnormalize(spaced[i]["action_history"]), want, atol=1e-5
+        )
 
 
 # ------------------------------------------------------------------------------ training
