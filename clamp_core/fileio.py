@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def fsync_dir(d: str | os.PathLike) -> None:
-    """Make a rename inside ``d`` durable (best effort: some file systems refuse)."""
+def fsync_path(p: str | os.PathLike) -> None:
+    """fsync a file, or a directory so that a rename inside it is durable (best effort: some
+    file systems refuse, and a missing path is left alone)."""
     try:
-        fd = os.open(d, os.O_RDONLY)
+        fd = os.open(p, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -20,6 +21,10 @@ def fsync_dir(d: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
+"""Make a rename inside a directory durable (``fsync_path`` of the directory)."""
 
 
 @contextlib.contextmanager

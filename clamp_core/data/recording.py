@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
+from ..aloha import ALOHA_JOINT_NAMES
+from ..fileio import fsync_path
+
 EPISODE_KEY = "clamp.episode"
 """Key of the episode metadata: in metadata.yaml's ``custom_data`` (a JSON object as a string)
 and the name of the MCAP metadata record written at the start of the file (``{"json": ...}``)."""
@@ -85,21 +88,7 @@ class RecorderConfig:
     """/tf_static messages kept in memory (latest first) to open every episode with."""
     robot: str = "aloha"
     """Robot name written into each episode's metadata."""
-    joint_names: list[str] = field(
-        default_factory=lambda: [
-            f"{arm}_{j}"
-            for arm in ("left", "right")
-            for j in (
-                "waist",
-                "shoulder",
-                "elbow",
-                "forearm_roll",
-                "wrist_angle",
-                "wrist_rotate",
-                "gripper",
-            )
-        ]
-    )
+    joint_names: list[str] = field(default_factory=lambda: list(ALOHA_JOINT_NAMES))
     """The 14 action dimensions, in the model's order (written into the metadata)."""
     follower_topics: list[str] = field(
         default_factory=lambda: ["/follower_left/joint_states", "/follower_right/joint_states"]
@@ -697,14 +686,14 @@ class EpisodeBagWriter:
         self._writer.set_custom_data(EPISODE_KEY, json.dumps(meta))
         self._writer.close()
         self._writer = None
-        _fsync_file(self.bag_dir / "metadata.yaml")
-        _fsync_file(self.mcap_path)
+        fsync_path(self.bag_dir / "metadata.yaml")
+        fsync_path(self.mcap_path)
         (self.partial_dir / "reserve").unlink(missing_ok=True)
         if self.final_dir.exists():  # never replace a finished bag
             raise RecordingError(f"{self.final_dir} appeared while recording; kept as .partial")
         os.rename(self.bag_dir, self.final_dir)
         os.rmdir(self.partial_dir)
-        _fsync_dir(self.out_dir)
+        fsync_path(self.out_dir)
         self._result = EpisodeResult(
             path=str(self.final_dir),
             finalised=True,
@@ -801,25 +790,6 @@ def _qos_profiles(kind: str) -> list:
             avoid_ros_namespace_conventions=False,
         )
     ]
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    from clamp_core.fileio import fsync_dir
-
-    fsync_dir(path)
 
 
 # ---------------------------------------------------------------------------------- recovery
@@ -940,7 +910,7 @@ def recover_bag(
         writer.close()
         os.rename(bag_dir, out)
         os.rmdir(staging)
-        _fsync_dir(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         if writer.storage is not None:
             writer.abort()
