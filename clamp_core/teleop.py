@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .aloha import ARM_JOINT_NAMES, SIDES
+from .geometry.messages import arm_joint_values
 
 LEADER_GRIPPER_CLOSED_RAD = -0.0552
 """The leader gripper joint's angle when squeezed shut (ALOHA 2's calibration)."""
@@ -83,18 +84,10 @@ def follower_command(
     names, positions = list(names), list(positions)
     if len(positions) < len(names):
         raise TeleopError(f"{len(names)} names but {len(positions)} positions")
-    index = {}
-    for i, n in enumerate(names):
-        if n in index:
-            raise TeleopError(f"joint '{n[:64]}' appears more than once")
-        index[n] = i
-    missing = [n for n in ARM_JOINT_NAMES if n not in index]
-    if missing:
-        raise TeleopError(f"missing joint(s) {missing}")
-    q = np.array([float(positions[index[n]]) for n in ARM_JOINT_NAMES])
-    if not np.all(np.isfinite(q)):
-        bad = [n for n, v in zip(ARM_JOINT_NAMES, q, strict=True) if not math.isfinite(v)]
-        raise TeleopError(f"non-finite position for {bad}")
+    try:  # the joint-state picker every consumer of JointState uses (extra values ignored)
+        q = arm_joint_values(names, positions[: len(names)], "position")
+    except ValueError as e:
+        raise TeleopError(str(e)) from None
     q[6] = gripper.to_follower(q[6])
     return np.clip(q, low, high)
 

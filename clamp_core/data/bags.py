@@ -26,6 +26,7 @@ from ..geometry.camera import CameraModelError, PinholeCamera
 from ..geometry.image import ImageDecodeError
 from ..geometry.messages import (
     MalformedStampError,
+    arm_joint_values,
     camera_from_info,
     color_from_msg,
     compressed_color_from_msg,
@@ -795,32 +796,6 @@ class RoleMessage:
     topic: str
     value: Any
     error: str | None = None
-
-
-def arm_joint_values(names, values, what: str) -> np.ndarray | None:
-    """(7,) ``values`` in ARM_JOINT_NAMES order picked by ``names`` (extra joints, e.g. fingers,
-    are ignored); None when ``values`` is empty (a JointState may omit velocities or efforts).
-    Raises ValueError naming a missing or repeated joint, a length mismatch or a non-finite
-    value."""
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if values.size == 0 and what != "position":
-        return None
-    names = [str(n) for n in names]
-    if values.size != len(names):
-        raise ValueError(f"{len(names)} joint names but {values.size} {what} values")
-    index: dict[str, int] = {}
-    for i, n in enumerate(names):
-        if n in index:
-            raise ValueError(f"joint '{n[:64]}' appears more than once")
-        index[n] = i
-    missing = [n for n in ARM_JOINT_NAMES if n not in index]
-    if missing:
-        raise ValueError(f"missing joint(s) {missing} (has {names[:10]})")
-    out = values[[index[n] for n in ARM_JOINT_NAMES]]
-    if not np.isfinite(out).all():
-        bad = [n for n, v in zip(ARM_JOINT_NAMES, out, strict=True) if not math.isfinite(v)]
-        raise ValueError(f"non-finite {what} for {bad}")
-    return out
 
 
 def _duration_ns(d) -> int:

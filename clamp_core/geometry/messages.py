@@ -5,8 +5,11 @@ so live and recorded data get the same checks and the same error messages.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..aloha import ARM_JOINT_NAMES
 from .camera import PinholeCamera
 from .image import decode_color, decode_compressed_color, decode_compressed_depth, decode_depth
 from .tf_buffer import TfBuffer
@@ -88,3 +91,29 @@ def add_transforms(
 def _short(text: str, n: int = 64) -> str:
     """A frame id (any publisher's string) cut for a log line."""
     return text if len(text) <= n else f"{text[: n - 3]}..."
+
+
+def arm_joint_values(names, values, what: str) -> np.ndarray | None:
+    """(7,) ``values`` in ARM_JOINT_NAMES order picked by ``names`` (extra joints, e.g. fingers,
+    are ignored); None when ``values`` is empty (a JointState may omit velocities or efforts).
+    Raises ValueError naming a missing or repeated joint, a length mismatch or a non-finite
+    value."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0 and what != "position":
+        return None
+    names = [str(n) for n in names]
+    if values.size != len(names):
+        raise ValueError(f"{len(names)} joint names but {values.size} {what} values")
+    index: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in index:
+            raise ValueError(f"joint '{n[:64]}' appears more than once")
+        index[n] = i
+    missing = [n for n in ARM_JOINT_NAMES if n not in index]
+    if missing:
+        raise ValueError(f"missing joint(s) {missing} (has {names[:10]})")
+    out = values[[index[n] for n in ARM_JOINT_NAMES]]
+    if not np.isfinite(out).all():
+        bad = [n for n, v in zip(ARM_JOINT_NAMES, out, strict=True) if not math.isfinite(v)]
+        raise ValueError(f"non-finite {what} for {bad}")
+    return out
