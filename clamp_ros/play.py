@@ -4,7 +4,6 @@ Messages go out as the bytes the bag holds: nothing is decoded or re-encoded on 
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from .graph import share_dir
+from .util import message_class
 
 
 def add_play_parser(sub) -> None:
@@ -35,17 +35,6 @@ def add_play_parser(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_play)
-
-
-def message_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class; None when not installed here."""
-    parts = msgtype.split("/")
-    if len(parts) != 3 or parts[1] != "msg":
-        return None
-    try:
-        return getattr(importlib.import_module(f"{parts[0]}.msg"), parts[2])
-    except (ImportError, AttributeError):
-        return None
 
 
 def _qos(connection):

@@ -15,7 +15,6 @@ Publishes /diagnostics: per-topic rates, drops, queue depth, bytes written, free
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -42,7 +41,7 @@ from clamp_core.data.recording import (
 )
 
 from .params import declare, declare_dataclass, declare_perception_config
-from .util import KeyedThrottle, run_node
+from .util import KeyedThrottle, message_class, run_node
 
 EPISODE_PARAMS = {
     "task": "Task name of the next episode (required to start).",
@@ -67,9 +66,11 @@ def qos_for(kind: str) -> QoSProfile:
     return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def message_class(msgtype: str):
-    pkg, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+def _installed(msgtype: str):
+    cls = message_class(msgtype)
+    if cls is None:
+        raise ValueError(f"message type {msgtype} is not installed here")
+    return cls
 
 
 class RecorderNode(Node):
@@ -123,7 +124,7 @@ class RecorderNode(Node):
         self._prev_bytes = (time.monotonic(), 0)
         for spec in self.specs:
             self.create_subscription(
-                message_class(spec.msgtype),
+                _installed(spec.msgtype),
                 spec.topic,
                 lambda data, topic=spec.topic: self.on_message(topic, data),
                 qos_for(spec.qos),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import re
 import threading
@@ -231,3 +232,14 @@ def run_node(make_node: Callable, args=None, name: str = "node") -> None:
             rclpy.shutdown()
     if config_error:
         raise SystemExit(2)
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class; None when not installed here."""
+    parts = msgtype.split("/")
+    if len(parts) != 3 or parts[1] != "msg":
+        return None
+    try:
+        return getattr(importlib.import_module(f"{parts[0]}.msg"), parts[2])
+    except (ImportError, AttributeError):
+        return None
