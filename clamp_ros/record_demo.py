@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .graph import NodeSpec, ProcessGroup
+from .sim_demo import GraphClient
 
 GRAPH = [
     NodeSpec("sim_node", "sim", ("config/sim_record.yaml",)),
@@ -20,17 +21,16 @@ HOLD_AFTER_SUCCESS_S = 0.5
 """Recorded after the task succeeds, as `clamp generate` keeps a few steps after success."""
 
 
-class Operator:
+class Operator(GraphClient):
     """This process's hands on the graph: the services an operator calls."""
+
+    call_timeout_s = 60.0
 
     def __init__(self, node):
         from rcl_interfaces.srv import SetParameters
-        from rosgraph_msgs.msg import Clock
         from std_srvs.srv import SetBool, Trigger
 
-        self.node = node
-        self.sim_ns = 0
-        node.create_subscription(Clock, "/clock", self._on_clock, 10)
+        super().__init__(node)
         self.Trigger, self.SetBool, self.SetParameters = Trigger, SetBool, SetParameters
         c = node.create_client
         self.reset = c(Trigger, "/sim/reset")
@@ -40,36 +40,6 @@ class Operator:
         self.rec_stop = c(SetBool, "/recorder/stop")
         self.rec_discard = c(Trigger, "/recorder/discard")
         self.rec_params = c(SetParameters, "/recorder/set_parameters")
-
-    def _on_clock(self, msg) -> None:
-        self.sim_ns = msg.clock.sec * 1_000_000_000 + msg.clock.nanosec
-
-    def spin(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.node.executor.spin_once(timeout_sec=0.02)
-
-    def wait_sim(self, seconds: float, timeout_s: float = 30.0) -> None:
-        start, end = self.sim_ns, time.monotonic() + timeout_s
-        while self.sim_ns - start < seconds * 1e9 and time.monotonic() < end:
-            self.node.executor.spin_once(timeout_sec=0.02)
-
-    def call(self, client, request, timeout_s: float = 60.0, resend_after_s: float | None = None):
-        """Call and wait for the answer; with ``resend_after_s`` (idempotent requests only) ask
-        again whenever no answer came for that long: right after discovery a reply can be lost
-        while the service's endpoints are still matching."""
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"service {client.srv_name} not available")
-        end = time.monotonic() + timeout_s
-        while True:
-            fut = client.call_async(request)
-            limit = end if resend_after_s is None else min(end, time.monotonic() + resend_after_s)
-            while not fut.done() and time.monotonic() < limit:
-                self.node.executor.spin_once(timeout_sec=0.02)
-            if fut.done():
-                return fut.result()
-            if time.monotonic() >= end:
-                raise RuntimeError(f"service {client.srv_name} did not answer")
 
     def trigger(self, client, idempotent: bool = False):
         return self.call(client, self.Trigger.Request(), resend_after_s=5.0 if idempotent else None)

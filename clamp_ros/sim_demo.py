@@ -53,23 +53,67 @@ def image_size(text: str) -> str:
     return text
 
 
-class Monitor:
+class GraphClient:
+    """This process's hands on a running graph: the sim time on /clock, spinning, and service
+    calls that wait for their answer."""
+
+    call_timeout_s = 30.0
+    """How long a service call may wait for the service and for its answer (s)."""
+
+    def __init__(self, node):
+        from rosgraph_msgs.msg import Clock
+
+        self.node = node
+        self.sim_ns = 0
+        node.create_subscription(Clock, "/clock", self._on_clock, 10)
+
+    def _on_clock(self, msg) -> None:
+        self.sim_ns = msg.clock.sec * 1_000_000_000 + msg.clock.nanosec
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.node.executor.spin_once(timeout_sec=0.02)
+
+    def wait_sim(self, seconds: float, timeout_s: float = 30.0) -> None:
+        """Spin until ``seconds`` of sim time passed (at most ``timeout_s`` of wall time)."""
+        start, end = self.sim_ns, time.monotonic() + timeout_s
+        while self.sim_ns - start < seconds * 1e9 and time.monotonic() < end:
+            self.node.executor.spin_once(timeout_sec=0.02)
+
+    def call(self, client, request, timeout_s: float | None = None, resend_after_s=None):
+        """Call and wait for the answer; with ``resend_after_s`` (idempotent requests only) ask
+        again whenever no answer came for that long: right after discovery a reply can be lost
+        while the service's endpoints are still matching."""
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise RuntimeError(f"service {client.srv_name} not available")
+        end = time.monotonic() + timeout_s
+        while True:
+            fut = client.call_async(request)
+            limit = end if resend_after_s is None else min(end, time.monotonic() + resend_after_s)
+            while not fut.done() and time.monotonic() < limit:
+                self.node.executor.spin_once(timeout_sec=0.02)
+            if fut.done():
+                return fut.result()
+            if time.monotonic() >= end:
+                raise RuntimeError(f"service {client.srv_name} did not answer")
+
+
+class Monitor(GraphClient):
     """This process's view of the demo graph."""
 
     def __init__(self, node):
         from diagnostic_msgs.msg import DiagnosticArray
-        from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import JointState
         from std_srvs.srv import SetBool, Trigger
         from trajectory_msgs.msg import JointTrajectory
 
-        self.node = node
-        self.sim_ns = 0
+        super().__init__(node)
         self.commands = 0
         self.diag: dict[str, str] = {}
         self.status = ""
         self.joints: list[np.ndarray] = []
-        node.create_subscription(Clock, "/clock", self._on_clock, 10)
         node.create_subscription(
             JointTrajectory, "/left_arm_controller/joint_trajectory", self._on_traj, 10
         )
@@ -86,9 +130,6 @@ class Monitor:
         self._trigger = Trigger.Request
         self._setbool = SetBool.Request
 
-    def _on_clock(self, msg):
-        self.sim_ns = msg.clock.sec * 1_000_000_000 + msg.clock.nanosec
-
     def _on_traj(self, msg):
         self.commands += 1
 
@@ -98,11 +139,6 @@ class Monitor:
                 self.diag = {kv.key: kv.value for kv in s.values}
                 self.status = s.message
         del self.joints[:-10]
-
-    def spin(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.node.executor.spin_once(timeout_sec=0.02)
 
     def wait(self, predicate, timeout_s: float, procs) -> bool:
         end = time.monotonic() + timeout_s
@@ -121,21 +157,8 @@ class Monitor:
         teleported arm would then look like a jump no arm can make and stay rejected."""
         self.call(self.enable, self._setbool(data=False))
         self.call(self.reset, self._trigger())
-        start, end = self.sim_ns, time.monotonic() + timeout_s
-        while self.sim_ns - start < settle_s * 1e9 and time.monotonic() < end:
-            self.node.executor.spin_once(timeout_sec=0.02)
+        self.wait_sim(settle_s, timeout_s)
         self.call(self.enable, self._setbool(data=True))
-
-    def call(self, client, request, timeout_s: float = 30.0):
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"service {client.srv_name} not available")
-        fut = client.call_async(request)
-        end = time.monotonic() + timeout_s
-        while not fut.done() and time.monotonic() < end:
-            self.node.executor.spin_once(timeout_sec=0.02)
-        if not fut.done():
-            raise RuntimeError(f"service {client.srv_name} did not answer")
-        return fut.result()
 
 
 def run_closed_loop(
