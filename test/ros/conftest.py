@@ -251,6 +251,34 @@ def spin_until(
             rclpy.spin_once(node, timeout_sec=0.05)
 
 
+def call_service(node, client, request, what: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """Wait for the service, call it and spin until its answer (returned)."""
+    spin_until(node, client.service_is_ready, timeout_s, f"service {what}")
+    fut = client.call_async(request)
+    spin_until(node, fut.done, timeout_s, f"answer of {what}")
+    return fut.result()
+
+
+def start_recording(node, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """Call /recorder/start until it accepts, or refuses for another reason than required
+    topics still silent (discovery); returns its last answer."""
+    from std_srvs.srv import Trigger
+
+    client = node.create_client(Trigger, "/recorder/start")
+    answers = []
+    spin_until(
+        node,
+        lambda: (
+            answers.append(call_service(node, client, Trigger.Request(), "start", timeout_s))
+            or answers[-1].success
+            or "silent" not in answers[-1].message
+        ),
+        timeout_s,
+        "the recorder to start",
+    )
+    return answers[-1]
+
+
 # ---------------------------------------------------------------------------------- rclpy
 @contextlib.contextmanager
 def rclpy_session(env: Mapping[str, str], name: str) -> Iterator:

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from clamp_core.eval.replay import ReplayConfig, replay
 from clamp_ros.graph import GRAPHS, NodeSpec, node_command
 from clamp_ros.policy_node import resolve_model
 from test.ros.conftest import (
+    call_service,
     child_env,
     log_tail,
     rclpy_session,
     spin_until,
     start_process,
+    start_recording,
     stop_process,
 )
 
@@ -36,13 +38,6 @@ SEED = 7
 TIMEOUT_S = 300.0
 CHUNKS = 8
 """Chunks the node publishes while recording."""
-
-
-def _call(node, client, request, what):
-    spin_until(node, client.service_is_ready, TIMEOUT_S, f"service {what}")
-    fut = client.call_async(request)
-    spin_until(node, fut.done, TIMEOUT_S, f"answer of {what}")
-    return fut.result()
 
 
 def test_recorded_live_run_replays_bit_for_bit(ros_domain_id, tmp_path):
@@ -85,22 +80,11 @@ def test_recorded_live_run_replays_bit_for_bit(ros_domain_id, tmp_path):
             )
             spin_until(node, lambda: len(seen) >= 2, TIMEOUT_S, "the policy's first chunks")
             # the recorder refuses to start until it has heard every required topic
-            client = node.create_client(Trigger, "/recorder/start")
-            answers = []
-            spin_until(
-                node,
-                lambda: (
-                    answers.append(_call(node, client, Trigger.Request(), "start"))
-                    or answers[-1].success
-                    or "silent" not in answers[-1].message
-                ),
-                TIMEOUT_S,
-                "the recorder to start",
-            )
-            assert answers[-1].success, answers[-1].message + log_tail(procs[2])
+            started = start_recording(node, TIMEOUT_S)
+            assert started.success, started.message + log_tail(procs[2])
             n0 = len(seen)
             spin_until(node, lambda: len(seen) >= n0 + CHUNKS, TIMEOUT_S, f"{CHUNKS} chunks")
-            stop = _call(
+            stop = call_service(
                 node,
                 node.create_client(SetBool, "/recorder/stop"),
                 SetBool.Request(data=True),

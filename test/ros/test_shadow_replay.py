@@ -12,31 +12,26 @@ import sys
 
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from clamp_core.eval.replay import ReplayConfig, replay
 from clamp_ros.graph import GRAPHS, NodeSpec, node_command
 from clamp_ros.policy_node import resolve_model
 from test.ros.conftest import (
+    call_service,
     child_env,
     log_tail,
     rclpy_session,
     spin_until,
     start_process,
+    start_recording,
     stop_process,
 )
 
 pytestmark = pytest.mark.ros
 
 SEED, TIMEOUT_S = 11, 300.0
-
-
-def _call(node, client, request, what):
-    spin_until(node, client.service_is_ready, TIMEOUT_S, f"service {what}")
-    fut = client.call_async(request)
-    spin_until(node, fut.done, TIMEOUT_S, f"answer of {what}")
-    return fut.result()
 
 
 def test_shadow_mode_on_a_played_bag_matches_replay(ros_domain_id, tmp_path):
@@ -91,21 +86,10 @@ def test_shadow_mode_on_a_played_bag_matches_replay(ros_domain_id, tmp_path):
                 JointTrajectory, "/left_arm_controller/joint_trajectory", to_arms.append, 10
             )
             spin_until(node, lambda: len(seen) >= 1, TIMEOUT_S, "the shadow node's first chunk")
-            client = node.create_client(Trigger, "/recorder/start")
-            answers = []
-            spin_until(
-                node,
-                lambda: (
-                    answers.append(_call(node, client, Trigger.Request(), "start"))
-                    or answers[-1].success
-                    or "silent" not in answers[-1].message
-                ),
-                TIMEOUT_S,
-                "the recorder to start",
-            )
-            assert answers[-1].success, answers[-1].message + log_tail(procs[1])
+            started = start_recording(node, TIMEOUT_S)
+            assert started.success, started.message + log_tail(procs[1])
             spin_until(node, lambda: play.poll() is not None, TIMEOUT_S, "clamp play to finish")
-            stop = _call(
+            stop = call_service(
                 node,
                 node.create_client(SetBool, "/recorder/stop"),
                 SetBool.Request(data=True),
