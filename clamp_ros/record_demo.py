@@ -38,7 +38,6 @@ class Operator(GraphClient):
         self.success = c(Trigger, "/sim/success")
         self.rec_start = c(Trigger, "/recorder/start")
         self.rec_stop = c(SetBool, "/recorder/stop")
-        self.rec_discard = c(Trigger, "/recorder/discard")
         self.rec_params = c(SetParameters, "/recorder/set_parameters")
 
     def trigger(self, client, idempotent: bool = False):
