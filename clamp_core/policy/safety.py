@@ -469,6 +469,13 @@ class JointStateCheck:
     problem: str | None
 
 
+MAX_JOINT_NAMES = 64
+"""A JointState listing more names than this is refused: an arm's driver lists its joints and
+fingers (ALOHA's: 9); a message that grows the table is not a state of the arm."""
+MAX_JOINT_NAME_CHARS = 256
+"""A joint name longer than this is refused (as frame ids are)."""
+
+
 class MeasuredStateValidator:
     """Believes a joint state only if it could describe the arm. A measured state is an input
     to validate, not a target: a message whose names repeat a joint or lack one, with a
@@ -524,7 +531,20 @@ class MeasuredStateValidator:
         holds."""
         joints, lo, hi, vmax, tol = self._sources[source]
         stamp = _stamp("stamp_ns", stamp_ns)
+        if len(names) > MAX_JOINT_NAMES:  # no arm's driver lists that many: a hostile table
+            return JointStateCheck(
+                None,
+                f"{source}: {len(names)} joint names (one arm's state has at most "
+                f"{MAX_JOINT_NAMES})",
+            )
         names = [str(n) for n in names]
+        long_name = next((n for n in names if len(n) > MAX_JOINT_NAME_CHARS), None)
+        if long_name is not None:
+            return JointStateCheck(
+                None,
+                f"{source}: a joint name of {len(long_name)} characters (at most "
+                f"{MAX_JOINT_NAME_CHARS})",
+            )
         if len(positions) != len(names):
             return JointStateCheck(
                 None, f"{source}: {len(names)} names but {len(positions)} positions"

@@ -630,7 +630,15 @@ def test_plausible_joint_states_are_believed_in_their_joint_order():
         (ARM_JOINTS, [1e3, *REST[1:]], "left: waist at 1000, outside its limits [-3.142, 3.142]"),
         (ARM_JOINTS, [3.3, *REST[1:]], "left: waist at 3.3, outside its limits [-3.142, 3.142]"),
         (ARM_JOINTS, [*REST[:6], 1.7], "left: gripper at 1.7, outside its limits [0.000, 1.000]"),
-        (["x" * 100_000], [0.0], "left: missing joints ['waist', 'shoulder', 'elbow',"),
+        (["x" * 100_000], [0.0], "left: a joint name of 100000 characters (at most 256)"),
+        # a plausible pose behind a hostile table is refused too: the node cannot tell it from
+        # the arm's own, and would plan from it
+        (["x" * 300, *ARM_JOINTS], [0.0, *REST], "left: a joint name of 300 characters"),
+        (
+            [f"j{i}" for i in range(1000)] + list(ARM_JOINTS),
+            [0.0] * 1000 + REST.tolist(),
+            "left: 1007 joint names (one arm's state has at most 64)",
+        ),
     ],
 )
 def test_implausible_joint_states_are_rejected_with_a_short_named_reason(names, positions, problem):
