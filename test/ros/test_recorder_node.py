@@ -236,8 +236,20 @@ def test_refusals_and_discard(ros_env, rclpy_node, tmp_path: Path):
             lambda: rclpy_node.count_publishers("/follower_left/joint_states") > 0,
             what="follower publisher",
         )
-        spin_for(rclpy_node, 1.5)
-        refused = srv.start()
+        answers = []
+
+        def refused_for_the_leader_only():
+            # every start is refused (no leader); wait until the recorder has heard the
+            # followers, so that the refusal names only what is really missing
+            answers.append(srv.start())
+            assert not answers[-1].success, answers[-1].message
+            if "/follower_left/joint_states" in answers[-1].message:
+                time.sleep(0.3)
+                return False
+            return True
+
+        spin_until(rclpy_node, refused_for_the_leader_only, what="a refusal naming the leader")
+        refused = answers[-1]
         assert not refused.success
         assert "/leader_left/joint_states" in refused.message
         assert "/leader_right/joint_states" in refused.message
