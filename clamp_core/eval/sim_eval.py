@@ -72,6 +72,7 @@ def evaluate(
     from ..aloha import NODE_EXECUTION
     from ..policy.engine import EngineConfig, Plan, PolicyEngine
     from ..policy.execution import ExecutionConfig
+    from ..policy.rgb import rgb_inputs
     from ..policy.runtime import OnnxPolicy
     from ..policy.safety import aloha_defaults
     from ..sim.tasks import make_task
@@ -89,6 +90,7 @@ def evaluate(
     sim = task.make_sim(width=width, height=height)
     results = []
     cams = [c.name for c in meta.perception_config().cameras]
+    rgb_cams = list(meta.rgb_cameras)
     monitor = SuccessMonitor(task)
     if latency_steps < 0 or camera_every < 1 or settle_steps < 0:
         raise ValueError(
@@ -184,7 +186,7 @@ def evaluate(
                 wants, _ = engine.wants(now, now)
                 obs = None
                 if wants:
-                    frame = sim.observe(cameras=cams, render=True, color=False)
+                    frame = sim.observe(cameras=cams, render=True, color=bool(rgb_cams))
                     if calib is None:
                         from ..data.episode import CameraCalib
 
@@ -196,7 +198,12 @@ def evaluate(
                     }
                     views = renderer.render_frame(rec, calib).images
                     obs = engine.observation(
-                        now, views, meta.action_history, history_stride=meta.action_history_stride
+                        now,
+                        views,
+                        meta.action_history,
+                        # the node's resize of the colour images (none without an RGB branch)
+                        rgb=rgb_inputs(frame.images, rgb_cams, meta.rgb_size) or None,
+                        history_stride=meta.action_history_stride,
                     )
                 if obs is not None:
                     if noise_seed is None:  # a policy with its own sampling (scripted)

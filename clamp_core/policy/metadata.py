@@ -318,6 +318,14 @@ def check_compatible(
         out += _perception_mismatches(meta.perception_config(), perception)
         if cameras is None:
             cameras = [c.name for c in perception.cameras]
+        no_color = [
+            c.name for c in perception.cameras if c.name in meta.rgb_cameras and not c.use_color
+        ]
+        if no_color:
+            out.append(
+                f"rgb_cameras: the model's RGB branch needs color images from {no_color} but "
+                "the node's cameras there have use_color false"
+            )
     if cameras is not None:
         cameras = list(cameras)
         if set(cameras) != set(meta.cameras):

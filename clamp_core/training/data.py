@@ -1,10 +1,12 @@
-"""Training data: episodes -> rendered views (cached) + normalised windows + text fields.
+"""Training data: episodes -> rendered views (cached) + normalised windows + text fields
+(+ the RGB branch's colour images, resized once and cached).
 
 Views are rendered by the same :class:`PerceptionPipeline.process` call the live node makes:
 each recorded frame becomes RgbdFrames plus a TfBuffer holding that frame's camera extrinsics,
 so training inputs and robot inputs cannot drift apart. Rendering every epoch would dominate
 CPU training, so views are cached once per (episode, perception config, stride) as float16
-``.npy`` files that are memory-mapped for random access.
+``.npy`` files that are memory-mapped for random access. Colour images for a model's RGB
+branch go through the same ``resize_rgb`` as the node's and are cached the same way (uint8).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..perception.config import CameraConfig, PerceptionConfig
 from ..perception.pipeline import PerceptionPipeline, RenderedViews, RgbdFrame
 from ..policy.engine import action_history
 from ..policy.normalize import MinMax, compute_minmax
+from ..policy.rgb import resize_rgb
 
 CACHE_VERSION = 1
 
@@ -38,13 +41,17 @@ def optical_frame(camera: str) -> str:
 
 
 def perception_for_episodes(
-    camera_names: list[str], view_size: int, base: PerceptionConfig | None = None
+    camera_names: list[str],
+    view_size: int,
+    base: PerceptionConfig | None = None,
+    color_cameras=(),
 ) -> PerceptionConfig:
     """The perception config that renders training views: ``base`` (default: the node's
-    defaults) with the episodes' cameras and the model's view size."""
+    defaults) with the episodes' cameras and the model's view size; ``color_cameras`` (the RGB
+    branch's) subscribe to colour (``use_color``), which the views never use."""
     d = (base or PerceptionConfig()).to_dict()
     d["camera_names"] = list(camera_names)
-    d["cameras"] = {c: {"use_color": False} for c in camera_names}
+    d["cameras"] = {c: {"use_color": c in color_cameras} for c in camera_names}
     d["image_width"] = d["image_height"] = int(view_size)
     d["threads"] = 1
     return PerceptionConfig.from_dict(d)
@@ -103,8 +110,11 @@ class EpisodeRenderer:
 
 def cache_key(path: Path, config: PerceptionConfig, stride: int) -> str:
     st = path.stat()
+    d = config.to_dict()
+    for cam in d.get("cameras", {}).values():  # colour never reaches the views
+        cam["use_color"] = False
     blob = json.dumps(
-        [CACHE_VERSION, str(path.resolve()), st.st_size, st.st_mtime_ns, config.to_dict(), stride],
+        [CACHE_VERSION, str(path.resolve()), st.st_size, st.st_mtime_ns, d, stride],
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -134,6 +144,49 @@ def cached_views(
     return np.load(out, mmap_mode="r")
 
 
+RGB_CACHE_VERSION = 1
+
+
+def cached_rgb(path: Path, cameras: list[str], size, stride: int, cache_dir: Path) -> np.ndarray:
+    """(ceil(T / stride), C, h, w, 3) uint8 memory-map of the colour images of ``cameras`` at
+    frames 0, stride, ..., each resized to ``size`` = [w, h] by ``resize_rgb`` (the node's
+    resize); written atomically on first use."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    st = path.stat()
+    w, h = int(size[0]), int(size[1])
+    blob = json.dumps(
+        [
+            RGB_CACHE_VERSION,
+            str(path.resolve()),
+            st.st_size,
+            st.st_mtime_ns,
+            list(cameras),
+            w,
+            h,
+            stride,
+        ],
+    )
+    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    out = cache_dir / f"{path.stem}-rgb-{key}.npy"
+    if not out.exists():
+        with EpisodeReader(path) as reader:
+            missing = [c for c in cameras if c not in reader.meta.camera_names]
+            if missing:
+                raise ValueError(
+                    f"{path}: the RGB branch needs cameras {missing}; the episode has "
+                    f"{list(reader.meta.camera_names)} (model.rgb.cameras)"
+                )
+            ts = range(0, reader.num_frames, stride)
+            arr = np.zeros((len(ts), len(cameras), h, w, 3), np.uint8)
+            for i, t in enumerate(ts):
+                images = reader.frame(t, cameras=list(cameras), depth=False)["images"]
+                for j, cam in enumerate(cameras):
+                    arr[i, j] = resize_rgb(images[cam], (w, h), cam)
+        with atomic_open(out) as f:
+            np.save(f, arr)
+    return np.load(out, mmap_mode="r")
+
+
 @dataclass
 class EpisodeData:
     path: Path
@@ -143,6 +196,9 @@ class EpisodeData:
     lowdim: dict[str, np.ndarray]
     views: np.ndarray | None = None
     """Memory-mapped cached views (frames 0, stride, ...)."""
+    rgb: np.ndarray | None = None
+    """Memory-mapped cached RGB-branch images (frames 0, stride, ...; (C, h, w, 3) uint8 each),
+    None for a model without an RGB branch."""
 
     @property
     def num_frames(self) -> int:
@@ -192,7 +248,8 @@ class WindowDataset:
     Item (numpy; the default torch collate stacks them): views (V, S, S, 4) float32, qpos (A,),
     action_history (H, A) = actions t-H .. t-1, actions (F, A) = actions t .. t+F-1 (all
     normalised to [-1, 1], edges padded with the first / last action), actions_is_pad (F,),
-    text_ids (L,), text_numbers (L, 3), text_progress (), task_index ().
+    text_ids (L,), text_numbers (L, 3), text_progress (), task_index (), and rgb (C, h, w, 3)
+    uint8 when the episodes carry RGB-branch images (``attach_rgb``).
     """
 
     def __init__(
@@ -296,6 +353,8 @@ class WindowDataset:
             "actions_is_pad": fut >= T,
             "task_index": np.int64(self.tasks.index(e.task) if e.task in self.tasks else -1),
         }
+        if e.rgb is not None:  # the RGB branch trains with the policy: never a cached feature
+            item["rgb"] = np.array(e.rgb[k])  # a copy: torch wants writable arrays
         if self.features is not None:
             item.update({name: f[i] for name, f in self.features.items() if name != "act_start"})
             if dropped:
@@ -334,12 +393,31 @@ def attach_views(
         e.views = cached_views(e.path, config, stride, Path(cache_dir), renderer)
 
 
+def attach_rgb(
+    episodes: list[EpisodeData],
+    cameras: list[str],
+    size,
+    stride: int,
+    cache_dir: Path,
+    progress: bool = True,
+) -> None:
+    """Resize (or load from the cache) the RGB branch's colour images of every episode."""
+    from tqdm import tqdm
+
+    for e in tqdm(episodes, desc="resize rgb", unit="ep", disable=not progress):
+        e.rgb = cached_rgb(e.path, list(cameras), size, stride, Path(cache_dir))
+        if e.views is not None and len(e.rgb) != len(e.views):
+            raise ValueError(f"{e.path}: {len(e.rgb)} rgb frames but {len(e.views)} views")
+
+
 __all__ = [
     "CameraConfig",
     "EpisodeData",
     "EpisodeRenderer",
     "WindowDataset",
+    "attach_rgb",
     "attach_views",
+    "cached_rgb",
     "cached_views",
     "compute_norm_stats",
     "load_episodes",

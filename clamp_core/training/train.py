@@ -34,6 +34,7 @@ from ..policy.schedule import NoiseSchedule
 from .config import TrainConfig, merge_overrides
 from .data import (
     WindowDataset,
+    attach_rgb,
     attach_views,
     camera_names_of,
     compute_norm_stats,
@@ -206,12 +207,26 @@ def prepare_data(cfg: TrainConfig, model_cfg: ModelConfig, norm=None, progress=T
     cams = camera_names_of([e.path for e in episodes])
     with EpisodeReader(episodes[0].path) as r:
         joint_names = list(r.meta.joint_names)
-    perception = perception_for_episodes(cams, model_cfg.view_size)
+    rgb = model_cfg.rgb
+    rgb_cams = list(rgb.cameras) if rgb.enabled else []
+    missing = [c for c in rgb_cams if c not in cams]
+    if missing:
+        raise ConfigError(f"model.rgb.cameras: {missing} are not cameras of the episodes {cams}")
+    perception = perception_for_episodes(cams, model_cfg.view_size, color_cameras=rgb_cams)
     if model_cfg.num_views != len(perception.views):
         raise ConfigError(
             f"model expects {model_cfg.num_views} views, perception renders {len(perception.views)}"
         )
     attach_views(episodes, perception, cfg.frame_stride, cfg.resolved_cache_dir(), progress)
+    if rgb_cams:
+        attach_rgb(
+            episodes,
+            rgb_cams,
+            (rgb.width, rgb.height),
+            cfg.frame_stride,
+            cfg.resolved_cache_dir(),
+            progress,
+        )
     train_eps, val_eps = _split_episodes(episodes, cfg.val_fraction, cfg.seed)
     norm = norm or compute_norm_stats(train_eps)
     tasks = sorted({e.task for e in episodes})
@@ -323,8 +338,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> Path:
         cfg.contrastive and not cfg.from_scratch and not (finetune and cfg.freeze_encoders)
     )
     data.train.history_dropout = cfg.history_dropout  # validation keeps the true history
-    if finetune and cfg.freeze_encoders and cfg.cache_features and model.rgb is None:
-        # frozen encoders make their outputs constants of each window: compute them once
+    if finetune and cfg.freeze_encoders and cfg.cache_features:
+        # frozen encoders make their outputs constants of each window: compute them once (an
+        # RGB branch is part of the policy: its images stay inputs of every batch)
         for name in ("train", "val"):
             ds = getattr(data, name)
             if ds is not None:
@@ -500,13 +516,14 @@ def _schedule_of(ck: dict, overrides: dict | None = None):
     return ScheduleConfig.from_dict(d)
 
 
-POLICY_FIELDS = ("view_tokens", "denoiser")
-"""Model fields fine-tuning may change: they shape only the policy, not the CLAMP encoders."""
+POLICY_FIELDS = ("view_tokens", "denoiser", "rgb")
+"""Model fields fine-tuning may change: they shape only the policy (the RGB branch is trained by
+the policy loss), not the CLAMP encoders."""
 
 
 def finetune_model_config(pretrained: dict, overrides: dict) -> ModelConfig:
     """The pretrained model's config with ``overrides`` of policy-only fields (view_tokens,
-    denoiser.*); an override that would change the encoders is an error naming it."""
+    denoiser.*, rgb.*); an override that would change the encoders is an error naming it."""
     base = ModelConfig.from_dict(pretrained).to_dict()
     d = copy.deepcopy(base)
     merge_overrides(d, overrides, "model")
