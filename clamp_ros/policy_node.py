@@ -26,8 +26,10 @@ Publishes
   ~/chunks, ~/chunk_inputs  (publish_chunks) every computed chunk and the inputs the node's
                             timing chose for it, stamped with its observation
                             (clamp_core.policy.inference_log)
-Subscribes   the perception node's camera topics, /tf, /tf_static, the follower joint states;
-             in shadow mode the leader arms' joint states
+Subscribes   the perception node's camera topics (colour too for the cameras with use_color:
+             a model's RGB branch gets theirs, resized by ``clamp_core.policy.rgb``), /tf,
+             /tf_static, the follower joint states; in shadow mode the leader arms' joint
+             states
 Services     ~/enable (std_srvs/SetBool)
 """
 
@@ -57,6 +59,7 @@ from clamp_core.policy.engine import EngineConfig, PolicyEngine
 from clamp_core.policy.execution import ExecutionConfig
 from clamp_core.policy.inference_log import InferenceRecord
 from clamp_core.policy.metadata import MetadataError, check_compatible
+from clamp_core.policy.rgb import RgbInputError, rgb_inputs
 from clamp_core.policy.runtime import (
     OnnxPolicy,
     PolicyInputError,
@@ -151,7 +154,8 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
             "views_from_topics",
             False,
             "Take the rendered views from a perception node's views/<name> topics instead of "
-            "running perception in-process (false: lowest latency).",
+            "running perception in-process (false: lowest latency). Not for a model with an "
+            "RGB branch: those topics carry no color images.",
         )
         self.output = d(
             "output",
@@ -331,6 +335,13 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
                 threads=self.threads,
                 inference_steps=self.inference_steps or None,
             )
+            if self.views_from_topics and policy.metadata.rgb_cameras:
+                raise MetadataError(
+                    f"model '{policy.metadata.name}' has an RGB branch (rgb_cameras "
+                    f"{policy.metadata.rgb_cameras}) but views_from_topics is true: views from "
+                    "topics bring no color images; set views_from_topics false (in-process "
+                    "perception with use_color on those cameras)"
+                )
             check_compatible(
                 policy.metadata,
                 joint_names=self.joint_names,
@@ -510,9 +521,17 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         self.last_view_rx = time.monotonic()  # a complete set with its camera poses (tf)
         if not self._wants(stamp, start_ns):
             return
+        rgb = None
+        meta = policy.metadata
+        if meta.rgb_cameras:  # the RGB branch's input: the resize every path shares
+            try:
+                images = {f.camera: f.color for f in frames}
+                rgb = rgb_inputs(images, meta.rgb_cameras, meta.rgb_size)
+            except RgbInputError as e:
+                return self._suppress("bad_rgb", f"no command from this observation: {e}")
         t1 = time.perf_counter()
         result = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp)
-        self._infer(policy, stamp, result.views.images, start_ns, t1)
+        self._infer(policy, stamp, result.views.images, start_ns, t1, rgb)
 
     def _wants(self, stamp: int, now: int) -> bool:
         """Whether to infer on the observation at ``stamp`` (the engine's time checks)."""
@@ -527,13 +546,18 @@ class PolicyNode(PerceptionFrontend, LifecycleNode):
         with self.lock:
             return stamp < self.engine.plan_after_ns
 
-    def _infer(self, policy, stamp, views, start_ns: int, t1: float) -> None:
-        """Views (V, H, W, 4) at ``stamp`` -> chunk -> executor -> (trajectory) commands."""
+    def _infer(self, policy, stamp, views, start_ns: int, t1: float, rgb=None) -> None:
+        """Views (V, H, W, 4) at ``stamp`` (and the RGB branch's images, camera -> (h, w, 3)
+        uint8) -> chunk -> executor -> (trajectory) commands."""
         t2 = time.perf_counter()
         meta = policy.metadata
         with self.lock:
             obs = self.engine.observation(
-                stamp, views, meta.action_history, history_stride=meta.action_history_stride
+                stamp,
+                views,
+                meta.action_history,
+                rgb=rgb,
+                history_stride=meta.action_history_stride,
             )
             noise = self.engine.noise(stamp, (meta.action_horizon, meta.action_dim))
         if obs is None:

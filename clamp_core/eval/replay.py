@@ -219,6 +219,7 @@ class _Driver:
         self.busy_until = -(2**62)
         self.last_obs_clock: int | None = None
         self.load_depth = None  # (RgbdFrame) -> depth, for sources that read it on demand
+        self.load_color = None  # (RgbdFrame) -> (H, W, 3) uint8 RGB, likewise (RGB branch)
 
     # -- clock
 
@@ -351,13 +352,29 @@ class _Driver:
         if not (wants or self.cfg.every_frame):
             return
         t0 = time.perf_counter()
+        rgb = None
+        if meta.rgb_cameras:  # the RGB branch's input, resized as the node does it
+            from ..policy.rgb import RgbInputError, rgb_inputs
+
+            images = {f.camera: f.color for f in frames}
+            for f in frames:
+                if f.color is None and f.camera in meta.rgb_cameras and self.load_color:
+                    images[f.camera] = self.load_color(f)  # read on demand (episodes)
+            try:
+                rgb = rgb_inputs(images, meta.rgb_cameras, meta.rgb_size)
+            except RgbInputError as e:
+                return self._drop("bad_rgb", str(e))
         for f in frames:
             if f.depth is None:  # read on demand (episodes)
                 f.depth = self.load_depth(f)
         views = self.pipeline.process_posed(frames, cam_poses, view_poses, stamp).views.images
         t1 = time.perf_counter()
         obs = engine.observation(
-            stamp, views, meta.action_history, history_stride=meta.action_history_stride
+            stamp,
+            views,
+            meta.action_history,
+            rgb=rgb,
+            history_stride=meta.action_history_stride,
         )
         if obs is None:
             return self._drop("no_joint_state", engine.no_state_reason())
@@ -562,8 +579,10 @@ def _node_inferences(bag, node: str, path) -> dict:
 
 def _replay_episode(path, driver: _Driver, progress) -> None:
     """An HDF5 episode as the node would have received it: each frame's joint states, camera
-    poses (tf; tf_static for a camera that never moves) and depth images at its stamp. Depth is
-    read only for the sets the policy infers on (it changes nothing else)."""
+    poses (tf; tf_static for a camera that never moves), depth images at its stamp and, for the
+    cameras whose colour the model's perception config subscribes to (``use_color``), colour
+    images. Depth, and colour for the RGB branch, are read only for the sets the policy infers
+    on (they change nothing else)."""
     import dataclasses as dc
 
     from ..data.episode import EpisodeError, EpisodeReader
@@ -591,6 +610,10 @@ def _replay_episode(path, driver: _Driver, progress) -> None:
         )
         index = {int(t): k for k, t in enumerate(stamps)}
         driver.load_depth = lambda f: reader.depth_mm(index[f.stamp_ns], f.camera)
+        driver.load_color = lambda f: reader.frame(index[f.stamp_ns], [f.camera], depth=False)[
+            "images"
+        ][f.camera]
+        color = [c.name for c in driver.pipeline.config.cameras if c.use_color]
         if progress is not None:
             progress.reset(total=reader.num_frames)
         for k, t in enumerate(stamps.tolist()):
@@ -607,6 +630,8 @@ def _replay_episode(path, driver: _Driver, progress) -> None:
                 driver.image(
                     f"{frame.camera}/depth", t, dc.replace(frame, stamp_ns=t, depth=None), t
                 )
+            for cam in color:  # the set is complete with them, as in the node; read on demand
+                driver.image(f"{cam}/color", t, None, t)
             if progress is not None:
                 progress.update(1)
         driver.finish()
@@ -924,7 +949,12 @@ def replay(
             wall["replay_s"] += time.perf_counter() - t0
             if not ep.chunks:
                 why = ", ".join(f"{k} {v}" for k, v in sorted(ep.drops.items())) or "no camera set"
-                raise ReplayError(f"{path}: no inference ({ep.observations} observations; {why})")
+                top = max(ep.drops, key=ep.drops.get) if ep.drops else None
+                example = ep.drop_examples.get(top, "")
+                example = f": {' '.join(example.split())}" if example else ""
+                raise ReplayError(
+                    f"{path}: no inference ({ep.observations} observations; {why}){example}"
+                )
             result, err, cons, timing = _score(ep, joints, meta.action_horizon)
             if ep.live is not None:
                 result["live"] = ep.live.report()

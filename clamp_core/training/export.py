@@ -204,14 +204,16 @@ def build_metadata(ck: dict, cfg: ModelConfig, name: str, parity_diff: float | N
 
 def untrained_checkpoint_meta(cfg: ModelConfig, perception: dict | None = None) -> dict:
     """What export needs from a checkpoint, for a model that was never trained (benchmarks and
-    plumbing tests): ALOHA joint names, the default cameras, unit normalisation."""
+    plumbing tests): ALOHA joint names, unit normalisation and ``perception`` (default: the
+    default cameras, colour (``use_color``) on the RGB branch's, as training writes it)."""
     from ..data.episode import ALOHA_JOINT_NAMES
     from ..perception.config import PerceptionConfig
     from .data import perception_for_episodes
 
+    color = list(cfg.rgb.cameras) if cfg.rgb.enabled else []
     if perception is None:
         cams = [c.name for c in PerceptionConfig().cameras]
-        perception = perception_for_episodes(cams, cfg.view_size).to_dict()
+        perception = perception_for_episodes(cams, cfg.view_size, color_cameras=color).to_dict()
     cams = list(perception["camera_names"])
     lo, hi = [-1.5] * cfg.action_dim, [1.5] * cfg.action_dim
     return {

@@ -252,3 +252,101 @@ def np_eps(spec: TinySpec, wts: TinyWeights, x, t, cond) -> np.ndarray:
 
 def replace_spec(spec: TinySpec, **kw) -> TinySpec:
     return dataclasses.replace(spec, **kw)
+
+
+# ------------------------------------------------------------------ a model that sees colour only
+def color_model_graphs(meta: PolicyMetadata) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Graphs with ``meta``'s interface whose chunk depends on the RGB inputs only: the
+    encoders put m = the mean colour of each rgb camera / 255 ((C * 3,), camera-major) into the
+    first C * 3 entries of cond; the denoiser predicts x0[f, a] = 2 m[a % (C * 3)] - 1 whatever
+    the noisy actions and the timestep (for a schedule with prediction_type 'sample')."""
+    V, H, W, _ = meta.views_shape
+    A, F, Ha = meta.action_dim, meta.action_horizon, meta.action_history
+    Nc, D = meta.cond_tokens, meta.cond_dim
+    C = len(meta.rgb_cameras)
+    w, h = meta.rgb_size
+    M = 3 * C
+    if not C or Nc * D < M:
+        raise ValueError(f"needs rgb_cameras and cond_tokens * cond_dim >= {M}")
+    f = TensorProto.FLOAT
+    place = np.zeros((M, Nc * D), np.float32)
+    place[np.arange(M), np.arange(M)] = 1.0
+    enc = _model(
+        [
+            helper.make_node("Cast", ["rgb"], ["rgbf"], to=f),
+            helper.make_node("ReduceMean", ["rgbf"], ["rm"], axes=[2, 3], keepdims=0),
+            helper.make_node("Reshape", ["rm", "flat_rgb"], ["rf"]),
+            helper.make_node("Mul", ["rf", "inv255"], ["m"]),
+            helper.make_node("MatMul", ["m", "place"], ["cf"]),
+            helper.make_node("Reshape", ["cf", "cond_shape"], ["cond"]),
+        ],
+        [
+            helper.make_tensor_value_info("views", f, ["batch", V, H, W, 4]),
+            helper.make_tensor_value_info("qpos", f, ["batch", A]),
+            helper.make_tensor_value_info("action_history", f, ["batch", Ha, A]),
+            helper.make_tensor_value_info("rgb", TensorProto.UINT8, ["batch", C, h, w, 3]),
+        ],
+        [helper.make_tensor_value_info("cond", f, ["batch", Nc, D])],
+        [
+            _const("flat_rgb", [-1, M]),
+            _const("inv255", 1 / 255, np.float32),
+            numpy_helper.from_array(place, "place"),
+            _const("cond_shape", [-1, Nc, D]),
+        ],
+    )
+    pick = np.zeros((Nc * D, F * A), np.float32)
+    cols = np.arange(F * A)
+    pick[(cols % A) % M, cols] = 2.0
+    den = _model(
+        [
+            helper.make_node("Reshape", ["cond", "flat_cond"], ["cf"]),
+            helper.make_node("MatMul", ["cf", "pick"], ["x2"]),
+            helper.make_node("Sub", ["x2", "one"], ["x0"]),
+            helper.make_node("Reshape", ["x0", "fa"], ["eps"]),
+        ],
+        [
+            helper.make_tensor_value_info("noisy_actions", f, ["batch", F, A]),
+            helper.make_tensor_value_info("timestep", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("cond", f, ["batch", Nc, D]),
+        ],
+        [helper.make_tensor_value_info("eps", f, ["batch", F, A])],
+        [
+            _const("flat_cond", [-1, Nc * D]),
+            numpy_helper.from_array(pick, "pick"),
+            _const("one", 1.0, np.float32),
+            _const("fa", [-1, F, A]),
+        ],
+    )
+    return enc, den
+
+
+def write_color_model(model_dir: Path, meta: PolicyMetadata) -> PolicyMetadata:
+    """A model directory with ``meta``'s interface (it needs ``rgb_cameras``) whose chunk is
+    :func:`color_chunk` of its RGB inputs: the graphs of :func:`color_model_graphs`, the
+    schedule's prediction_type 'sample' (the denoiser's output is x0, so the DDIM loop ends on
+    it whatever the noise), and ``use_color`` exactly on the rgb cameras (as training and
+    export write it). Returns the metadata written."""
+    from clamp_core.perception import PerceptionConfig
+
+    perception = PerceptionConfig.from_dict(meta.perception)
+    for c in perception.cameras:
+        c.use_color = c.name in meta.rgb_cameras
+    schedule = dict(meta.schedule_config().to_dict(), prediction_type="sample")
+    meta = dataclasses.replace(meta, perception=perception.to_dict(), schedule=schedule)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    enc, den = color_model_graphs(meta)
+    onnx.save(enc, model_dir / meta.files["encoders"])
+    onnx.save(den, model_dir / meta.files["denoiser"])
+    meta.save(model_dir)
+    return meta
+
+
+def color_chunk(meta: PolicyMetadata, rgb: dict[str, np.ndarray]) -> np.ndarray:
+    """(F, A) float64: the chunk of a :func:`write_color_model` model for the RGB inputs
+    ``rgb`` (camera -> (h, w, 3) uint8, already at rgb_size), in numpy."""
+    m = np.concatenate(
+        [np.asarray(rgb[c], np.float64).mean(axis=(0, 1)) / 255.0 for c in meta.rgb_cameras]
+    )
+    a = np.arange(meta.action_dim)
+    x0 = np.tile(2.0 * m[a % len(m)] - 1.0, (meta.action_horizon, 1))
+    return meta.action_normalizer().unnormalize(x0).astype(np.float64)
