@@ -70,6 +70,27 @@ class _BasicBlock(nn.Module):
         return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
+TORCHVISION_ONLY = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def resnet_state(state: dict, where: str = "rgb weights") -> dict:
+    """A state_dict for ``RgbEncoder``: its own, or torchvision's ResNet-18 (``conv1``,
+    ``bn1``, ``layer1``..``layer4``, ``fc``). From torchvision's, the convolutions and the norm
+    layers' affine weights load; BatchNorm's running statistics have no GroupNorm counterpart and
+    the classifier ``fc`` no use here, so both are left out. Any other key is an error."""
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("fc.") and k.rsplit(".", 1)[-1] not in TORCHVISION_ONLY
+    }
+    ours = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.", "pool_queries")
+    ours += ("proj.", "cam_emb")
+    unexpected = sorted(k for k in state if not k.startswith(ours))
+    if unexpected:
+        raise ValueError(f"{where}: unexpected keys {unexpected[:5]}")
+    return state
+
+
 class RgbEncoder(nn.Module):
     """rgb (B, C, h, w, 3) uint8 -> (B, C * tokens_per_camera, out_dim).
 
@@ -103,9 +124,7 @@ class RgbEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
         if cfg.weights:
             state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
-            missing, unexpected = self.load_state_dict(state, strict=False)
-            if unexpected:
-                raise ValueError(f"rgb weights {cfg.weights}: unexpected keys {unexpected[:5]}")
+            self.load_state_dict(resnet_state(state, cfg.weights), strict=False)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         b, c, h, w, _ = rgb.shape

@@ -354,3 +354,49 @@ def test_info_nce_perfect_and_random():
     b = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
     loss_r, _ = info_nce(a, b, torch.tensor(0.0))
     assert abs(float(loss_r) - math.log(16)) < 0.3
+
+
+def test_rgb_weights_load_from_a_torchvision_resnet18_state_dict(tmp_path):
+    """torchvision's ResNet-18 key names (BatchNorm with running statistics, an fc classifier)
+    load into the GroupNorm branch: convolutions and affine norm weights carry over, the
+    statistics and fc are dropped, a wrong shape is refused."""
+    cfg = tiny_config(rgb={"enabled": True, "base_channels": 64})
+    g = torch.Generator().manual_seed(0)
+    tv: dict[str, torch.Tensor] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        tv[f"{prefix}.weight"] = torch.rand(c, generator=g)
+        tv[f"{prefix}.bias"] = torch.rand(c, generator=g)
+        tv[f"{prefix}.running_mean"] = torch.rand(c, generator=g)
+        tv[f"{prefix}.running_var"] = torch.rand(c, generator=g)
+        tv[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
+
+    tv["conv1.weight"] = torch.randn(64, 3, 7, 7, generator=g)
+    bn("bn1", 64)
+    cin = 64
+    for i, w in enumerate((64, 128, 256, 512)):
+        for b in range(2):
+            p = f"layer{i + 1}.{b}"
+            c_in = cin if b == 0 else w
+            tv[f"{p}.conv1.weight"] = torch.randn(w, c_in, 3, 3, generator=g)
+            bn(f"{p}.bn1", w)
+            tv[f"{p}.conv2.weight"] = torch.randn(w, w, 3, 3, generator=g)
+            bn(f"{p}.bn2", w)
+            if b == 0 and i > 0:
+                tv[f"{p}.downsample.0.weight"] = torch.randn(w, c_in, 1, 1, generator=g)
+                bn(f"{p}.downsample.1", w)
+        cin = w
+    tv["fc.weight"] = torch.randn(1000, 512, generator=g)
+    tv["fc.bias"] = torch.randn(1000, generator=g)
+    torch.save(tv, tmp_path / "resnet18.pt")
+    rgb = dict(cfg.rgb.__dict__, weights=str(tmp_path / "resnet18.pt"))
+    enc = RgbEncoder(tiny_config(rgb=rgb).rgb, 32)
+    torch.testing.assert_close(enc.conv1.weight, tv["conv1.weight"])
+    torch.testing.assert_close(
+        enc.layer3[0].downsample[0].weight, tv["layer3.0.downsample.0.weight"]
+    )
+    torch.testing.assert_close(enc.layer4[1].bn2.bias, tv["layer4.1.bn2.bias"])
+    tv["layer1.0.conv1.weight"] = torch.randn(64, 3, 3, 3)
+    torch.save(tv, tmp_path / "bad_shape.pt")
+    with pytest.raises(RuntimeError, match="layer1.0.conv1.weight"):
+        RgbEncoder(tiny_config(rgb=dict(rgb, weights=str(tmp_path / "bad_shape.pt"))).rgb, 32)
