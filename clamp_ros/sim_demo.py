@@ -161,6 +161,21 @@ class Monitor(GraphClient):
         self.call(self.enable, self._setbool(data=True))
 
 
+def model_color_params(model: str) -> dict:
+    """``-p`` overrides that subscribe the policy node to colour on the cameras its model's RGB
+    branch needs (the sim configs subscribe to depth only: colour costs the sim a render and
+    the DDS a copy per camera); {} for a model without one, or one the node will report."""
+    from clamp_core.policy.metadata import MetadataError, PolicyMetadata
+
+    from .policy_node import resolve_model
+
+    try:
+        meta = PolicyMetadata.load(resolve_model(model))
+    except (MetadataError, OSError):
+        return {}
+    return {f"perception.cameras.{c}.use_color": True for c in meta.rgb_cameras}
+
+
 def run_closed_loop(
     args, extra_policy: dict | None = None, extra_sim: dict | None = None, say=print
 ) -> dict:
@@ -185,6 +200,7 @@ def run_closed_loop(
     policy_params = {
         "model": args.model,
         "inference_steps": args.inference_steps,
+        **model_color_params(args.model),
         **(extra_policy or {}),
     }
     say(

@@ -227,3 +227,17 @@ def test_an_rgb_model_with_views_from_topics_fails_configure_in_one_line(graph, 
         r"\['cam_left_wrist', 'cam_high'\]\) but views_from_topics is true: .*no color images",
         line,
     ), line
+
+
+def test_the_sim_demo_subscribes_to_colour_for_an_rgb_model(models):
+    """`clamp demo` / `clamp bench e2e` start the policy node with the sim configs, which
+    subscribe to depth only: for an RGB model they turn colour on for exactly its cameras."""
+    from clamp_ros.sim_demo import model_color_params
+
+    root, meta = models
+    assert model_color_params(str(root / "colour")) == {
+        f"perception.cameras.{c}.use_color": True for c in meta.rgb_cameras
+    }
+    assert len(meta.rgb_cameras) == 2
+    assert model_color_params("drawer_open") == {}  # the shipped depth-only model
+    assert model_color_params(str(root / "missing")) == {}  # the node reports it
