@@ -100,6 +100,27 @@ class TorchEagerPolicy:
         return actions
 
 
+VARIANTS = {"rgb": True, "no-rgb": False}
+"""``PRESET+rgb`` / ``PRESET+no-rgb``: the preset with its RGB branch turned on / off."""
+
+
+def preset_variant(name: str):
+    """The ModelConfig of a preset name, optionally with a ``+rgb`` / ``+no-rgb`` suffix."""
+    import dataclasses
+
+    from ..models.config import preset
+
+    base, plus, variant = name.partition("+")
+    cfg = preset(base)
+    if plus:
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"preset '{name}': unknown variant '{variant}'; use +{' or +'.join(VARIANTS)}"
+            )
+        cfg = dataclasses.replace(cfg, rgb=dataclasses.replace(cfg.rgb, enabled=VARIANTS[variant]))
+    return cfg
+
+
 def bench_preset(
     name: str,
     repeats: int = 20,
@@ -112,7 +133,6 @@ def bench_preset(
     from tqdm import tqdm
 
     from ..models.clamp import ClampModel
-    from ..models.config import preset
     from ..policy.runtime import OnnxPolicy
     from ..training.export import build_metadata, export_graphs, parity, untrained_checkpoint_meta
 
@@ -121,7 +141,7 @@ def bench_preset(
     n_threads = threads or os.cpu_count() or 1
     torch.set_num_threads(n_threads)
     torch.manual_seed(seed)
-    cfg = preset(name)
+    cfg = preset_variant(name)
     model = ClampModel(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory(prefix="clamp-bench-") as tmp:

@@ -69,7 +69,11 @@ def add_commands(sub, bench_sub) -> None:
     bp = bench_sub.add_parser(
         "policy", help="full inference (encoders + DDIM), ONNX Runtime vs torch eager"
     )
-    bp.add_argument("--presets", default="cpu-small,paper", help="comma-separated presets")
+    bp.add_argument(
+        "--presets",
+        default="cpu-small,paper",
+        help="comma-separated presets; PRESET+rgb / PRESET+no-rgb turn its RGB branch on / off",
+    )
     bp.add_argument("--repeats", type=int, default=20, help="timed inferences per side")
     bp.add_argument("--threads", type=int, default=0, help="threads per side (0 = all cores)")
     bp.add_argument("--device", default="cpu", help="cpu or cuda (ORT CUDA EP + torch cuda)")

@@ -400,3 +400,13 @@ def test_rgb_weights_load_from_a_torchvision_resnet18_state_dict(tmp_path):
     torch.save(tv, tmp_path / "bad_shape.pt")
     with pytest.raises(RuntimeError, match="layer1.0.conv1.weight"):
         RgbEncoder(tiny_config(rgb=dict(rgb, weights=str(tmp_path / "bad_shape.pt"))).rgb, 32)
+
+
+def test_bench_preset_variants_turn_the_rgb_branch_on_and_off():
+    from clamp_core.eval.bench_policy import preset_variant
+
+    assert preset_variant("cpu-small+rgb").rgb.enabled and not preset("cpu-small").rgb.enabled
+    assert not preset_variant("paper+no-rgb").rgb.enabled and preset("paper").rgb.enabled
+    assert preset_variant("paper+no-rgb").image == preset("paper").image
+    with pytest.raises(ValueError, match=r"unknown variant 'rgbx'; use \+rgb or \+no-rgb"):
+        preset_variant("paper+rgbx")
