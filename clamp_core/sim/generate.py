@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +47,9 @@ WORKER_THREADS = {
 """Thread pools of each worker process when there are several: every library sizes its pool to
 the machine, so N workers would run N pools of N threads each. Variables already set in the
 environment are left as they are."""
+WORKER_DEATH_RETRIES = 1
+"""Times a job is run again, in a fresh process, after the worker process running it died: a
+segfault can be a one-off. A job that still kills its worker is an "error" result."""
 
 
 @dataclass(frozen=True)
@@ -189,21 +197,25 @@ def check_output_dir(out_dir: str) -> None:
             os.remove(probe)
 
 
-def generate(jobs: list[Job], workers: int = 1, progress: bool = True):
-    """Run ``jobs`` on ``workers`` processes (spawned: MuJoCo's GL contexts do not survive a
-    fork); yields JobResults as they finish."""
+def generate(
+    jobs: list[Job],
+    workers: int = 1,
+    progress: bool = True,
+    runner: Callable[[Job], JobResult] = run_job,
+):
+    """Run ``jobs`` on ``workers`` processes (in this one when ``workers <= 1``); yields their
+    JobResults as they finish. A worker process that dies costs its own job one retry, then an
+    "error" result, never the run (see ``_run_in_processes``). ``runner`` runs one job; another
+    one must be a module-level function, for the spawned workers to import it."""
     try:
         from tqdm import tqdm
     except ImportError:  # progress is a nicety
         tqdm = None
     bar = tqdm(total=len(jobs), unit="ep", disable=not progress) if tqdm else None
     if workers <= 1:
-        results = map(run_job, jobs)
-        pool = None
+        results = map(runner, jobs)
     else:
-        with _environment(WORKER_THREADS):  # the workers inherit it when they start
-            pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(run_job, jobs)
+        results = _run_in_processes(runner, jobs, workers)
     counts: dict[str, int] = {}
     try:
         for r in results:
@@ -215,9 +227,102 @@ def generate(jobs: list[Job], workers: int = 1, progress: bool = True):
     finally:
         if bar is not None:
             bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if workers > 1:
+            results.close()  # kills the workers when the caller stops early
+
+
+def _run_in_processes(runner: Callable[[Job], JobResult], jobs: list[Job], workers: int):
+    """Yield ``runner(job)`` for each of ``jobs`` as they finish, from ``workers`` spawned
+    processes (MuJoCo's GL contexts do not survive a fork).
+
+    Each process gets one job at a time, so one that dies - a segfault in MuJoCo or the GL
+    driver, the OOM killer - is charged to the job it was running, and only it is replaced: the
+    others keep their episode, simulators and renderers. (A shared pool cannot do this: Pool
+    waits forever for the lost job, ProcessPoolExecutor fails every job in flight.)
+    """
+    context = mp.get_context("spawn")
+    todo = deque(range(len(jobs)))
+    deaths: dict[int, list[str]] = {}  # job index -> how each process that ran it ended
+    idle: list[_WorkerProcess] = []
+    running: dict[Future, tuple[_WorkerProcess, int]] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                worker = idle.pop() if idle else _WorkerProcess(context)
+                i = todo.popleft()
+                try:
+                    future = worker.submit(runner, jobs[i])
+                except BrokenProcessPool:  # it died while idle: the job never reached it
+                    worker.end()
+                    worker = _WorkerProcess(context)
+                    future = worker.submit(runner, jobs[i])
+                running[future] = (worker, i)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                worker, i = running.pop(future)
+                job = jobs[i]
+                if isinstance(future.exception(), BrokenProcessPool):
+                    deaths.setdefault(i, []).append(worker.end())
+                    if len(deaths[i]) <= WORKER_DEATH_RETRIES:
+                        todo.appendleft(i)
+                        continue
+                    result = JobResult(
+                        job.task,
+                        job.seed,
+                        "error",
+                        message=f"worker process died on every try at {job.task} seed "
+                        f"{job.seed} ({', then '.join(deaths[i])}); no episode written",
+                    )
+                else:
+                    idle.append(worker)
+                    result = future.result()  # a job's own exception ends the run, as before
+                    if i in deaths:  # recovered: say so, a crash is worth knowing about
+                        note = (
+                            f"worker process died on an earlier try ({', then '.join(deaths[i])})"
+                        )
+                        result = replace(
+                            result, message="; ".join(filter(None, [result.message, note]))
+                        )
+                yield result
+    finally:
+        for worker in idle + [w for w, _ in running.values()]:
+            worker.kill()
+
+
+class _WorkerProcess:
+    """One spawned process that runs one job at a time: a one-worker ProcessPoolExecutor."""
+
+    def __init__(self, context):
+        self._pool = ProcessPoolExecutor(1, mp_context=context)
+        self._process = None
+
+    def submit(self, runner, job: Job) -> Future:
+        with _environment(WORKER_THREADS):  # the process starts in the first submit
+            future = self._pool.submit(runner, job)
+        if self._process is None:
+            # the executor has no public handle on its process; this one tells how it ended
+            processes = getattr(self._pool, "_processes", None) or {}
+            self._process = next(iter(processes.values()), None)
+        return future
+
+    def end(self) -> str:
+        """Clean up after the process died; says how it ended ("killed by SIGSEGV")."""
+        self._pool.shutdown(wait=True)
+        code = self._process.exitcode if self._process is not None else None
+        if code is None:
+            return "exit status unknown"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def kill(self) -> None:
+        """Stop now, dropping any episode in progress (its file is never published)."""
+        if self._process is not None:
+            self._process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager
