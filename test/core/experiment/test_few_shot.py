@@ -140,6 +140,16 @@ def test_plan_is_a_dag_and_shards_partition_it(tmp_path):
     assert stages.count("pretrain") == 2 * 2
     scratch = [c for c in cells if c.stage == "finetune" and c.params["arm"] == "scratch"]
     assert all(not any(d.startswith("pretrain/") for d in c.deps) for c in scratch)
+    # the costly scratch runs come after every pretrained run; seed 1's pretraining comes
+    # after seed 0's pretrained fine-tuning (partial results cover every pretrained arm early)
+    tuned = [pos[c.id] for c in cells if c.stage == "finetune" and c.params["arm"] != "scratch"]
+    assert max(tuned) < min(pos[c.id] for c in scratch)
+    first_seed1_pre = pos["pretrain/clamp/seed1"]
+    assert all(
+        pos[c.id] < first_seed1_pre
+        for c in cells
+        if c.stage == "finetune" and c.params["arm"] != "scratch" and c.params["seed"] == 0
+    )
     # shards: disjoint, together every cell, the same on every call (a stable hash)
     work = [c for c in cells if c.stage != "aggregate"]
     for n in (1, 2, 3, 7):
