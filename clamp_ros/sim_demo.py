@@ -163,8 +163,8 @@ class Monitor(GraphClient):
 
 def model_color_params(model: str) -> dict:
     """``-p`` overrides that subscribe the policy node to colour on the cameras its model's RGB
-    branch needs (the sim configs subscribe to depth only: colour costs the sim a render and
-    the DDS a copy per camera); {} for a model without one, or one the node will report."""
+    branch needs (a config may subscribe to depth only: colour costs the sim a render and the
+    DDS a copy per camera); {} for a model without one, or one the node will report."""
     from clamp_core.policy.metadata import MetadataError, PolicyMetadata
 
     from .policy_node import resolve_model

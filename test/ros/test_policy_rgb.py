@@ -229,15 +229,20 @@ def test_an_rgb_model_with_views_from_topics_fails_configure_in_one_line(graph, 
     ), line
 
 
-def test_the_sim_demo_subscribes_to_colour_for_an_rgb_model(models):
+def test_the_sim_demo_subscribes_to_colour_for_an_rgb_model(models, tmp_path):
     """`clamp demo` / `clamp bench e2e` start the policy node with the sim configs, which
     subscribe to depth only: for an RGB model they turn colour on for exactly its cameras."""
     from clamp_ros.sim_demo import model_color_params
 
     root, meta = models
+    from clamp_core.models.config import preset
+    from clamp_core.training.export import export_untrained
+
+    depth_only = tmp_path / "depth_only"
+    export_untrained(preset("cpu-small"), depth_only, verify=False)
     assert model_color_params(str(root / "colour")) == {
         f"perception.cameras.{c}.use_color": True for c in meta.rgb_cameras
     }
     assert len(meta.rgb_cameras) == 2
-    assert model_color_params("drawer_open") == {}  # the shipped depth-only model
+    assert model_color_params(str(depth_only)) == {}
     assert model_color_params(str(root / "missing")) == {}  # the node reports it

@@ -311,6 +311,7 @@ def test_a_model_that_does_not_fit_is_refused_naming_every_mismatch(recorded, tm
     shutil.copytree(MODEL, model)
     # a model for another rig: a camera called cam_top instead of cam_low, a renamed joint
     meta["cameras"] = [c.replace("cam_low", "cam_top") for c in meta["cameras"]]
+    meta["rgb_cameras"] = [c.replace("cam_low", "cam_top") for c in meta["rgb_cameras"]]
     p = meta["perception"]
     p["camera_names"] = [c.replace("cam_low", "cam_top") for c in p["camera_names"]]
     p["cameras"] = {c.replace("cam_low", "cam_top"): v for c, v in p["cameras"].items()}
