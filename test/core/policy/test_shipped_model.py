@@ -43,7 +43,12 @@ def test_shipped_model_is_small_compatible_and_sane(model):
     views[..., 1:3] = rng.uniform(-0.3, 0.3, (v, h, w, 2))
     qn = meta.qpos_normalizer()
     qpos = qn.unnormalize(np.zeros(14, np.float32))
-    obs = PolicyObservation(0, views, qpos, np.tile(qpos, (meta.action_history, 1)))
+    # colour for an RGB branch: a mid-grey frame of each camera's shape at the model's size
+    rgb = None
+    if meta.rgb_cameras:
+        gw, gh = meta.rgb_size
+        rgb = {c: np.full((gh, gw, 3), 128, np.uint8) for c in meta.rgb_cameras}
+    obs = PolicyObservation(0, views, qpos, np.tile(qpos, (meta.action_history, 1)), rgb=rgb)
     chunk = policy.predict(obs)
     safety = aloha_defaults()
     lo = np.array(safety.position_min) - 0.05
