@@ -147,19 +147,28 @@ def graph(ros_domain_id, tmp_path_factory):
         stop_process(scene)
 
 
+def start_policy_until(graph, model, predicate, what: str):
+    """Start the policy node on ``model`` and spin until ``predicate`` holds (it must stay
+    alive); returns the running process (stopped on failure)."""
+    obs, env, tmp = graph
+    proc = start_process(policy_cmd(model, **COLOUR_PARAMS), env, tmp / f"{model.name}.log")
+    try:
+        obs.robot.spin_until(lambda: predicate() or proc.poll() is not None, what)
+        assert proc.poll() is None, log_tail(proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
 def test_chunks_follow_the_colour_of_the_rgb_cameras(graph, models):
     obs, env, tmp = graph
     root, meta = models
     start = obs.now_ns()
-    proc = start_process(policy_cmd(root / "colour", **COLOUR_PARAMS), env, tmp / "colour.log")
-    try:
-        obs.robot.spin_until(
-            lambda: obs.chunks_since(start) >= CHUNKS or proc.poll() is not None,
-            f"{CHUNKS} chunks",
-        )
-        assert proc.poll() is None, log_tail(proc)
-    finally:
-        stop_process(proc)
+    proc = start_policy_until(
+        graph, root / "colour", lambda: obs.chunks_since(start) >= CHUNKS, f"{CHUNKS} chunks"
+    )
+    stop_process(proc)
     assert "no command from this observation" not in read_log(proc), log_tail(proc)
     expected = []
     for stamp, actions in [(t, a) for t, a in obs.chunks if t >= start]:
@@ -185,13 +194,13 @@ def test_colour_the_model_cannot_take_is_skipped_with_a_specific_error(graph, mo
     root, _ = models
     start = obs.now_ns()
     # a 40x40 RGB input from 160x120 cameras: every observation's colour is refused
-    proc = start_process(policy_cmd(root / "square", **COLOUR_PARAMS), env, tmp / "square.log")
+    proc = start_policy_until(
+        graph,
+        root / "square",
+        lambda: obs.suppressed("bad_rgb") >= 3,
+        "three observations skipped for their colour",
+    )
     try:
-        obs.robot.spin_until(
-            lambda: obs.suppressed("bad_rgb") >= 3 or proc.poll() is not None,
-            "three observations skipped for their colour",
-        )
-        assert proc.poll() is None, log_tail(proc)
         assert obs.chunks_since(start) == 0, "a chunk from an observation without usable colour"
         assert obs.commands_since(start) == 0, "a command without usable colour"
         log = read_log(proc)
