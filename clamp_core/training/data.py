@@ -6,7 +6,7 @@ each recorded frame becomes RgbdFrames plus a TfBuffer holding that frame's came
 so training inputs and robot inputs cannot drift apart. Rendering every epoch would dominate
 CPU training, so views are cached once per (episode, perception config, stride) as float16
 ``.npy`` files that are memory-mapped for random access. Colour images for a model's RGB
-branch go through the same ``resize_rgb`` as the node's and are cached the same way (uint8).
+branch go through the same ``rgb_inputs`` as the node's and are cached the same way (uint8).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..perception.config import CameraConfig, PerceptionConfig
 from ..perception.pipeline import PerceptionPipeline, RenderedViews, RgbdFrame
 from ..policy.engine import action_history
 from ..policy.normalize import MinMax, compute_minmax
-from ..policy.rgb import resize_rgb
+from ..policy.rgb import rgb_inputs
 
 CACHE_VERSION = 1
 
@@ -149,7 +149,7 @@ RGB_CACHE_VERSION = 1
 
 def cached_rgb(path: Path, cameras: list[str], size, stride: int, cache_dir: Path) -> np.ndarray:
     """(ceil(T / stride), C, h, w, 3) uint8 memory-map of the colour images of ``cameras`` at
-    frames 0, stride, ..., each resized to ``size`` = [w, h] by ``resize_rgb`` (the node's
+    frames 0, stride, ..., each resized to ``size`` = [w, h] by ``rgb_inputs`` (the node's
     resize); written atomically on first use."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     st = path.stat()
@@ -180,8 +180,7 @@ def cached_rgb(path: Path, cameras: list[str], size, stride: int, cache_dir: Pat
             arr = np.zeros((len(ts), len(cameras), h, w, 3), np.uint8)
             for i, t in enumerate(ts):
                 images = reader.frame(t, cameras=list(cameras), depth=False)["images"]
-                for j, cam in enumerate(cameras):
-                    arr[i, j] = resize_rgb(images[cam], (w, h), cam)
+                arr[i] = list(rgb_inputs(images, cameras, (w, h)).values())
         with atomic_open(out) as f:
             np.save(f, arr)
     return np.load(out, mmap_mode="r")
