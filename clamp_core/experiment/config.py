@@ -48,6 +48,10 @@ class FewShotConfig:
     """Expert seeds run per pretraining task (an unsuccessful expert run leaves no file)."""
     demo_counts: list[int] = field(default_factory=lambda: [5, 10, 25])
     """Few-shot demo counts; the first N demos (seed order) of one pool, so the sets nest."""
+    headline_demos: int = 0
+    """The demo count of the study's headline comparison (issue target: 10): its runs from
+    scratch, the costly ones, come first, every training seed, before the other counts'
+    (0 = demo_counts order, seed by seed). Only the order changes, never a cell."""
     fewshot_pool: int = 0
     """Expert seeds run per held-out task for the few-shot pool (0 = max(demo_counts) + 5)."""
     pretrain_seed: int = 100_000
@@ -172,6 +176,7 @@ class FewShotConfig:
             _int_at_least(name, getattr(self, name), 1)
         for name in (
             "fewshot_pool",
+            "headline_demos",
             "pretrain_seed",
             "fewshot_seed",
             "eval_seed",
@@ -186,6 +191,11 @@ class FewShotConfig:
             _int_at_least("training_seeds entries", s, 0)
         if self.demo_counts != sorted(self.demo_counts):
             fail(f"demo_counts: list them in increasing order, got {self.demo_counts}")
+        if self.headline_demos and self.headline_demos not in self.demo_counts:
+            fail(
+                f"headline_demos {self.headline_demos} is not one of demo_counts "
+                f"{self.demo_counts}; pick one of them (or 0)"
+            )
         if self.fewshot_pool == 0:
             self.fewshot_pool = max(self.demo_counts) + 5
         if self.fewshot_pool < max(self.demo_counts):

@@ -10,7 +10,7 @@ evaluation is done). The order puts each training seed's pretraining right befor
 fine-tuning runs, and each fine-tuning run right before its evaluations, so that partial results
 cover every arm early; the fine-tuning runs from scratch come after every pretrained one (on a
 CPU one scratch run costs about twenty frozen-encoder runs, and the pretrained arms' curves are
-complete hours sooner).
+complete hours sooner), those at ``headline_demos`` first.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def build_plan(cfg: FewShotConfig) -> list[Cell]:
             evals.append(eid)
             cells.append(Cell(eid, "evaluate", (fid,), {**p, "step": step}))
 
-    def runs(seed: int, scratch: bool):
-        for n in cfg.demo_counts:
+    def runs(seed: int, scratch: bool, counts=None):
+        for n in cfg.demo_counts if counts is None else counts:
             for task in cfg.held_out_tasks:
                 for variant in cfg.variants():
                     if (variant.split("-")[0] == "scratch") == scratch:
@@ -107,9 +107,12 @@ def build_plan(cfg: FewShotConfig) -> list[Cell]:
                     cells.append(Cell(eid, "evaluate", (cid,), p))
         for run in runs(seed, scratch=False):
             add_finetune(*run)
-    for seed in cfg.training_seeds:  # from scratch: the costly runs, last
-        for run in runs(seed, scratch=True):
-            add_finetune(*run)
+    # from scratch: the costly runs, last; the headline demo count's first, every seed
+    head = [cfg.headline_demos] if cfg.headline_demos else []
+    for counts in ([head, [n for n in cfg.demo_counts if n not in head]] if head else [None]):
+        for seed in cfg.training_seeds:
+            for run in runs(seed, scratch=True, counts=counts):
+                add_finetune(*run)
     cells.append(Cell("aggregate", "aggregate", tuple(evals), {}))
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids)), "cell ids must be unique"

@@ -84,6 +84,7 @@ BENIGN_FIELDS = {
     "keep_checkpoints",
     "device",
     "export_verify",
+    "headline_demos",  # the order of the cells, never their settings
 }
 """Settings that change no finished cell's meaning: free to change between invocations."""
 EXTENSIBLE_FIELDS = {

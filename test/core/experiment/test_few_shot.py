@@ -103,6 +103,7 @@ def done_files(out: Path) -> dict[str, int]:
         ({"preset": "huge"}, "preset 'huge' unknown"),
         ({"start_jitter": 0.1, "rest_steps": 0}, "needs rest_steps"),
         ({"training_seeds": [0, 0]}, "duplicates"),
+        ({"headline_demos": 3}, "headline_demos 3 is not one of demo_counts"),
         ({"preset": "paper", "model": {}}, "model.rgb.enabled"),
         ({"model": {"view_tokens": 5}}, "view_tokens"),
     ],
@@ -150,6 +151,24 @@ def test_plan_is_a_dag_and_shards_partition_it(tmp_path):
         for c in cells
         if c.stage == "finetune" and c.params["arm"] != "scratch" and c.params["seed"] == 0
     )
+    # headline_demos: only the order of the scratch runs changes, that count first, every seed
+    cfg2 = FewShotConfig.from_dict(
+        tiny_config(
+            tmp_path,
+            training_seeds=[0, 1],
+            encoders=["frozen", "unfrozen"],
+            headline_demos=cfg.demo_counts[-1],
+        )
+    )
+    cells2 = build_plan(cfg2)
+    assert sorted(c.id for c in cells2) == sorted(ids)
+    order = [
+        (c.params["demos"], c.params["seed"])
+        for c in cells2
+        if c.stage == "finetune" and c.params["arm"] == "scratch"
+    ]
+    last, first = cfg.demo_counts[-1], cfg.demo_counts[0]
+    assert order == [(last, 0), (last, 1), (first, 0), (first, 1)]
     # shards: disjoint, together every cell, the same on every call (a stable hash)
     work = [c for c in cells if c.stage != "aggregate"]
     for n in (1, 2, 3, 7):
