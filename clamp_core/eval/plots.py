@@ -41,7 +41,10 @@ def _seam_line(result: dict) -> str:
         parts.append(f"mean seam jump {seams['mean_jump_rad']:.3f} rad ({seams['n']} seams)")
     loops = result.get("loops")
     if loops:
-        parts.append(f"loops in {loops['failed_episodes']}/{loops['failures']} failures")
+        parts.append(
+            f"loops in {loops['failed_episodes']}/{loops['failures']} failures "
+            f"({loops.get('failed_returning', 0)} returning)"
+        )
     clipped = {k: v for k, v in result.get("clipped", {}).items() if v}
     if clipped:
         parts.append("clips: " + ", ".join(f"{k} {v}" for k, v in clipped.items()))

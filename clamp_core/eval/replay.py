@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..aloha import ARM_JOINT_NAMES, NODE_EXECUTION, SIDES
-from .seams import clips_by_reason, gripper_mask, summarize_seams
+from .seams import (
+    clips_by_reason,
+    detect_loops,
+    gripper_mask,
+    inference_period,
+    summarize_seams,
+)
 
 if TYPE_CHECKING:  # ONNX Runtime is loaded only when a replay runs
     from ..policy.execution import ExecutionConfig
@@ -800,7 +806,26 @@ def _predicted_track(ep: _Episode) -> tuple[np.ndarray, np.ndarray]:
     return np.array([t for t, _ in rows], np.int64), np.array([c for _, c in rows])
 
 
-def _score(ep: _Episode, joints: list[str], horizon: int):
+def _loops(ep: _Episode, dt_s: float):
+    """``detect_loops`` on the executed plan (the command at each control tick that had one),
+    at the median period between the chunks the executor asked for."""
+    t, q = _predicted_track(ep)
+    dt_ns = dt_s * 1e9
+    asked = [round(c.stamp_ns / dt_ns) for c in ep.chunks if c.executed]
+    return detect_loops(q, inference_period(asked), dt_s)
+
+
+def _loop_summary(episodes: list[dict]) -> dict:
+    """Over the inputs: how many loop, how many of those return (the sawtooth), their time."""
+    loops = [e["loops"] for e in episodes]
+    return {
+        "inputs": sum(x["loop"] for x in loops),
+        "returning": sum(x["returning"] for x in loops),
+        "loop_s": round(sum(x["loop_s"] for x in loops), 2),
+    }
+
+
+def _score(ep: _Episode, joints: list[str], horizon: int, dt_s: float):
     rec = ep.recorded
     errors = _Errors(horizon, len(joints))
     cons = _Consistency(len(joints))
@@ -830,6 +855,7 @@ def _score(ep: _Episode, joints: list[str], horizon: int):
         "gripper_timing": _timing_summary(timing),
         "consistency": cons.report(joints),
         "seams": summarize_seams(seams, joints),
+        "loops": _loops(ep, dt_s).to_dict(),
         "clipped": clips_by_reason(dict(ep.clipped)),
         "drops": dict(sorted(ep.drops.items())),
         "drop_examples": dict(sorted(ep.drop_examples.items())),
@@ -955,7 +981,7 @@ def replay(
                 raise ReplayError(
                     f"{path}: no inference ({ep.observations} observations; {why}){example}"
                 )
-            result, err, cons, timing = _score(ep, joints, meta.action_horizon)
+            result, err, cons, timing = _score(ep, joints, meta.action_horizon, meta.dt_s)
             if ep.live is not None:
                 result["live"] = ep.live.report()
             all_err.merge(err)
@@ -994,6 +1020,7 @@ def replay(
         "gripper_timing": _timing_summary(all_timing),
         "consistency": all_cons.report(joints),
         "seams": summarize_seams(np.concatenate(jumps or [np.zeros((0, len(joints)))]), joints),
+        "loops": _loop_summary(episodes),
         "clipped": clips_by_reason(dict(sum((Counter(e["clipped"]) for e in episodes), Counter()))),
     }
     rt = wall["recorded_s"] / wall["replay_s"] if wall["replay_s"] > 0 else None
@@ -1041,12 +1068,16 @@ def _plot_joints(result: dict, path: Path, joints: list[str]) -> Path:
             ax.plot(ct - t0, chunk[:, i], lw=0.6, alpha=0.6, ls="-" if ex else ":")
         if len(tr["command_t_s"]):
             ax.plot(tr["command_t_s"] - t0, tr["commands"][:, i], color="red", lw=0.8, ls="--")
+            c0 = tr["command_t_s"][0] - t0  # loop windows count from the first command
+            for x0, x1 in result.get("loops", {}).get("windows", []):
+                ax.axvspan(c0 + x0, c0 + x1, color="tab:red", alpha=0.08, lw=0)
         ax.set_ylabel(name, fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("s (bag time)", fontsize=7)
     fig.suptitle(
-        f"{Path(result['input']).name}: recorded (black), predicted chunks, executed (red)",
+        f"{Path(result['input']).name}: recorded (black), predicted chunks, executed (red)"
+        + _loop_words(result.get("loops")),
         fontsize=9,
     )
     fig.tight_layout()
@@ -1054,6 +1085,17 @@ def _plot_joints(result: dict, path: Path, joints: list[str]) -> Path:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     return path
+
+
+def _loop_words(loops: dict | None) -> str:
+    """', shaded: a loop ...' for a plot title or a report line ('' without a loop)."""
+    if not loops or not loops.get("loop"):
+        return ""
+    kind = "returning" if loops["returning"] else "stepping"
+    return (
+        f"; shaded: a {kind} loop with the inference period ({loops['loop_s']:.1f} s, "
+        f"{loops['speed']:.2f} rad/s, progress {loops['progress']:.2f})"
+    )
 
 
 def _plot_offsets(result: dict, path: Path) -> Path:
@@ -1080,6 +1122,17 @@ def _plot_offsets(result: dict, path: Path) -> Path:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     return path
+
+
+def _loop_line(loops: dict) -> str:
+    if "inputs" in loops:  # the summary over inputs
+        return (
+            f"{loops['inputs']} input(s) with motion repeating every inference period, "
+            f"{loops['returning']} of them returning (the sawtooth), {loops['loop_s']:.1f} s in all"
+        )
+    if not loops.get("loop"):
+        return "none"
+    return _loop_words(loops)[len("; shaded: ") :]
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -1151,6 +1204,7 @@ def write_report(result: dict, out_dir) -> Path:
             f"{_fmt(c['gripper_mean'])}",
             f"- seams: {ep.get('seams', {}).get('n', 0)}, mean jump "
             f"{_fmt(ep.get('seams', {}).get('mean_jump_rad'))} rad",
+            "- loops: " + _loop_line(ep.get("loops", {})),
             f"- safety filter: {clips or 'no interventions'}",
             "",
         ]

@@ -2,10 +2,14 @@
 
 A *seam* is the moment a new chunk takes over: its jump is the difference, per joint, between
 the plan the controller follows and the new chunk at that moment (rad for the arm joints,
-normalised units for the grippers). A *loop* is the failure the issue tracker calls the
-sawtooth: after a missed grasp each new chunk starts back where the previous one started, so the
-same motion repeats with the inference period. :func:`detect_loops` finds it in a trajectory
-from the autocorrelation of the joint velocity at that lag (thresholds below).
+normalised units for the grippers). A *loop* is motion that repeats with the inference
+period: :func:`detect_loops` finds it in a trajectory from the autocorrelation of the joint
+velocity at that lag (thresholds below). It tells two kinds apart by how far the arms get in one
+period against how far they go out in it (``progress``): a *returning* loop is the sawtooth after a
+missed grasp, each new chunk starting back where the previous one started (the arms end a period
+where they began it: progress near 0); a *stepping* one is a motion that goes on in pulses of the
+inference period (each chunk moving fast, then slowing before the next takes over: progress near
+1). A returning loop goes nowhere; a stepping one is slow but gets on with the task.
 
 Pure numpy: ``clamp eval sim`` and bag replay call the same functions on their traces.
 """
@@ -26,6 +30,10 @@ itself at any short lag; a motion that repeats every period does not at half of 
 LOOP_MIN_SPEED = 0.05
 """... and the periodic part of the motion is not negligible: its RMS speed (the norm over
 joints of the detrended velocity) is at least this, rad/s (a held arm's noise is no loop)."""
+LOOP_RETURNING_PROGRESS = 0.5
+"""A looping window *returns* when the arms end a period less than this fraction of the farthest
+they went out in it from where they began it (:func:`period_progress`); at or above it the loop
+is *stepping*."""
 LOOP_WINDOW_PERIODS = 4
 """Window length of the detector, in inference periods (hop: one period)."""
 
@@ -92,10 +100,17 @@ class LoopReport:
     speed: float = 0.0
     """Largest RMS speed of the periodic part over the looping windows, rad/s (how big the
     loop is: a sawtooth of a few cm per period is 1-2 rad/s, a ripple of a few mrad 0.1)."""
+    progress: float | None = None
+    """Smallest progress over the looping windows (None: no loop): how far the arms get in one
+    period over how far they go out in it; 0 a motion that comes back, 1 one that goes on."""
+    returning: bool = False
+    """Some looping window returns (progress < ``LOOP_RETURNING_PROGRESS``): the sawtooth."""
 
     def to_dict(self) -> dict:
         return {
             "speed": round(self.speed, 3),
+            "progress": None if self.progress is None else round(self.progress, 3),
+            "returning": self.returning,
             "period_steps": self.period_steps,
             "loop": self.loop,
             "loop_s": round(self.loop_s, 3),
@@ -111,6 +126,25 @@ def _correlation(v: np.ndarray, lag: int) -> float:
     return float(np.sum(a * b) / den) if den > 0 else 0.0
 
 
+def period_progress(positions: np.ndarray, period_steps: int) -> float:
+    """How far ``positions`` (T, A) get in one period against how far they go out in it:
+    mean over t of |q(t + P) - q(t)| over mean over t of max over 0 < k <= P of
+    |q(t + k) - q(t)| (norms over joints). 1 for a motion that goes on, 0 for one that comes
+    back to where it was every period; 1.0 when nothing moves. (The farthest excursion, not the
+    path length: sensor noise does not add up over a period.)"""
+    q = np.asarray(positions, np.float64)
+    P = int(period_steps)
+    if len(q) <= P:
+        return 1.0
+    n = len(q) - P
+    out = np.zeros(n)
+    for k in range(1, P + 1):
+        np.maximum(out, np.linalg.norm(q[k : k + n] - q[:n], axis=1), out=out)
+    net = np.linalg.norm(q[P:] - q[:-P], axis=1)
+    total = float(out.mean())
+    return float(net.mean() / total) if total > 0 else 1.0
+
+
 def detect_loops(positions: np.ndarray, period_steps: int | None, dt_s: float) -> LoopReport:
     """Look for the motion of ``positions`` (T, A) (one row per control step, dt_s apart)
     repeating every ``period_steps`` steps.
@@ -119,7 +153,8 @@ def detect_loops(positions: np.ndarray, period_steps: int | None, dt_s: float) -
     motion with that period whole and removes the slow trend of a reach) is cut into windows of
     ``LOOP_WINDOW_PERIODS`` periods, one period apart. A window loops when its correlation r(P)
     with itself P steps later is >= ``LOOP_MIN_CORRELATION``, exceeds r(P/2) by
-    ``LOOP_MIN_MARGIN``, and its RMS speed is >= ``LOOP_MIN_SPEED``."""
+    ``LOOP_MIN_MARGIN``, and its RMS speed is >= ``LOOP_MIN_SPEED``. Each looping window's
+    :func:`period_progress` (on the positions it spans) says whether it returns or steps."""
     pos = np.asarray(positions, np.float64)
     P = None if period_steps is None else int(period_steps)
     none = LoopReport(P, False, 0.0, None, 0.0, [])
@@ -139,6 +174,7 @@ def detect_loops(positions: np.ndarray, period_steps: int | None, dt_s: float) -
     half = max(1, P // 2)
     windows: list[tuple[int, int]] = []
     best = loop_speed = 0.0
+    progress: float | None = None
     for i in range(0, len(vd) - W + 1, P):
         w = vd[i : i + W]
         speed = float(np.sqrt(np.mean(np.sum(w * w, axis=1))))
@@ -149,6 +185,8 @@ def detect_loops(positions: np.ndarray, period_steps: int | None, dt_s: float) -
         if r >= LOOP_MIN_CORRELATION and r - _correlation(w, half) >= LOOP_MIN_MARGIN:
             loop_speed = max(loop_speed, speed)
             a = i + lo
+            pr = period_progress(pos[a : a + W + 1], P)
+            progress = pr if progress is None else min(progress, pr)
             if windows and a <= windows[-1][1]:
                 windows[-1] = (windows[-1][0], a + W)
             else:
@@ -162,6 +200,8 @@ def detect_loops(positions: np.ndarray, period_steps: int | None, dt_s: float) -
         best,
         spans,
         loop_speed,
+        progress,
+        progress is not None and progress < LOOP_RETURNING_PROGRESS,
     )
 
 

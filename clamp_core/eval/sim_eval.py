@@ -295,11 +295,20 @@ def evaluate(
         "loops": {
             "episodes": sum(r["loops"]["loop"] for r in results),
             "failed_episodes": sum(r["loops"]["loop"] for r in failed),
+            # of those, the sawtooth: the arms end each period where they began it
+            "failed_returning": sum(r["loops"]["returning"] for r in failed),
             "failures": len(failed),
             "loop_s": round(sum(r["loops"]["loop_s"] for r in results), 2),
             # how big the loops of failed episodes are (mean of their speeds, rad/s)
             "failed_mean_speed": round(
                 float(np.mean([r["loops"]["speed"] for r in failed if r["loops"]["loop"]] or [0])),
+                3,
+            ),
+            # how far they get: 0 a sawtooth, 1 a motion that goes on (mean over them)
+            "failed_mean_progress": round(
+                float(
+                    np.mean([r["loops"]["progress"] for r in failed if r["loops"]["loop"]] or [1.0])
+                ),
                 3,
             ),
         },

@@ -209,6 +209,48 @@ def test_a_perfect_policy_scores_zero_and_consistent_chunks(recorded):
     assert ep["gripper_timing"]["mean_abs_error_s"] == pytest.approx(0.0, abs=1e-9)
 
 
+class RestartingPolicy:
+    """Every chunk starts from the recording's first action and ramps the arm joints away from
+    it: whatever was executed, each new chunk starts back where the previous one started (the
+    sawtooth of a missed grasp)."""
+
+    def __init__(self, actions: np.ndarray):
+        self.metadata = PolicyMetadata.load(MODEL)
+        self.base = actions[0]
+
+    def predict(self, obs) -> ActionChunk:
+        meta = self.metadata
+        F = meta.action_horizon
+        ramp = np.zeros((F, len(self.base)))
+        ramp[:, [0, 2, 4, 7, 9, 11]] = 0.01 * np.arange(F)[:, None]
+        return ActionChunk(obs.stamp_ns, DT_NS * 1e-9, self.base + ramp, list(meta.joint_names))
+
+
+def test_replay_finds_a_returning_loop_and_none_in_the_recorded_motion(recorded, tmp_path):
+    """A new chunk every 5 steps (async, replan 45): the restarting policy's executed plan is a
+    sawtooth with that period (a returning loop, shaded in its plot and named in the report);
+    the recorded actions replayed through the same execution are no loop."""
+    from clamp_core.eval.replay import write_report
+    from clamp_core.policy.execution import ExecutionConfig
+
+    cfg = ReplayConfig(
+        execution=ExecutionConfig(mode="async", replan_remaining_steps=45, blend_steps=1),
+        safety=False,
+    )
+    r = replay([recorded["bag"]], policy=RestartingPolicy(recorded["actions"]), cfg=cfg, trace=True)
+    loops = r["episodes"][0]["loops"]
+    assert loops["period_steps"] == 5
+    assert loops["loop"] and loops["returning"] and loops["progress"] < 0.2, loops
+    assert r["overall"]["loops"] == {"inputs": 1, "returning": 1, "loop_s": loops["loop_s"]}
+    report = write_report(r, tmp_path / "rep").read_text()
+    assert "returning loop with the inference period" in report
+    assert "1 input(s) with motion repeating every inference period, 1 of them returning" in report
+    fine = replay([recorded["bag"]], policy=ShiftedPolicy(recorded["actions"], 0), cfg=cfg)
+    assert fine["episodes"][0]["loops"]["period_steps"] == 5
+    assert not fine["episodes"][0]["loops"]["loop"]
+    assert fine["overall"]["loops"]["inputs"] == 0
+
+
 def test_gripper_events_are_interpolated_between_samples():
     t = np.array([0, 10, 20, 30]) * 10**9
     x = np.array([1.0, 1.0, 0.0, 0.0])

@@ -10,9 +10,11 @@ import pytest
 from clamp_core.aloha import ALOHA_JOINT_NAMES
 from clamp_core.eval.seams import (
     LOOP_MIN_SPEED,
+    LOOP_RETURNING_PROGRESS,
     clips_by_reason,
     detect_loops,
     inference_period,
+    period_progress,
     summarize_seams,
 )
 
@@ -94,6 +96,47 @@ def test_a_sawtooth_with_the_inference_period_is_a_loop(seed):
     r = detect_loops(looping_arms(400, P, rng), P, DT)
     assert r.loop and r.period_steps == P
     assert r.loop_s >= 0.8 * 400 * DT and r.max_correlation >= 0.9
+
+
+def staircase(T: int, period: int, rng, noise: float = 0.0005) -> np.ndarray:
+    """(T, 14): the same joints going on in pulses of the period: a min-jerk step over the
+    first half of each period, then a hold (each chunk moving, then slowing, never back)."""
+    q = np.zeros((T, A))
+    k = np.arange(T) % period
+    half = period // 2
+    s = np.minimum(k / half, 1.0)
+    pulse = 10 * s**3 - 15 * s**4 + 6 * s**5
+    n = np.arange(T) // period
+    for j, amp in [(0, 0.03), (2, -0.04), (4, 0.05), (7, 0.02), (9, -0.03), (11, 0.04)]:
+        q[:, j] = 0.3 + amp * (n + pulse)
+    return q + rng.normal(0, noise, q.shape)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_sawtooth_returns_and_a_staircase_steps(seed):
+    """Both repeat their motion every period (loops); the sawtooth ends each period where it
+    began it (progress ~0: returning), the staircase goes on (progress ~1: stepping)."""
+    rng = np.random.default_rng(seed)
+    saw = detect_loops(looping_arms(400, P, rng), P, DT)
+    assert saw.loop and saw.returning and saw.progress < 0.1
+    steps = detect_loops(staircase(400, P, rng), P, DT)
+    assert steps.loop and not steps.returning and steps.progress > 0.8, steps
+    assert steps.to_dict()["returning"] is False and saw.to_dict()["progress"] < 0.1
+    assert LOOP_RETURNING_PROGRESS == 0.5
+
+
+def test_period_progress_of_known_motions():
+    t = np.arange(101, dtype=np.float64)[:, None]
+    assert period_progress(np.hstack([t, 2 * t]) * 0.01, 10) == pytest.approx(1.0)
+    # out and back within each period: zero net motion over one period
+    tri = np.abs((t % 10) - 5) * 0.01
+    assert period_progress(tri, 10) == pytest.approx(0.0, abs=1e-12)
+    assert period_progress(np.zeros((50, 3)), 10) == 1.0  # nothing moves
+    # sensor noise does not add up: a straight motion with noise still goes on
+    noisy = np.hstack([t, 2 * t]) * 0.01 + np.random.default_rng(0).normal(0, 0.002, (101, 2))
+    assert period_progress(noisy, 10) > 0.85
+    no_loop = detect_loops(reaches(500, np.random.default_rng(0)), P, DT)
+    assert no_loop.progress is None and not no_loop.returning
 
 
 def test_a_loop_after_a_reach_is_found_where_it_starts():
@@ -187,7 +230,8 @@ def test_eval_sim_reports_seams_loops_and_clips_and_guided_seams_are_closed(tmp_
         assert r["seams"]["n"] == ep["seams"]["n"] == len(tr["seam_steps"]) >= 2, mode
         assert set(tr["seam_steps"]) <= set(tr["inference_steps"] + 3)  # arrivals
         assert set(r["clipped"]) >= {"position_limit", "velocity_limit", "lead_limit"}
-        assert {"loop", "loop_s", "period_steps"} <= set(ep["loops"])
+        assert {"loop", "loop_s", "period_steps", "progress", "returning"} <= set(ep["loops"])
+        assert {"failed_returning", "failed_mean_progress"} <= set(r["loops"])
         png = plot_eval(r, tmp_path / f"{mode}.png")
         assert cv2.imread(str(png)).shape[0] > 700
     assert out["async"]["seams"]["mean_jump_rad"] > 0.05
