@@ -1,4 +1,4 @@
-"""`clamp pretrain`, `clamp finetune`, `clamp export` and `clamp bench policy`."""
+"""`clamp pretrain`, `finetune`, `export`, `export-init` and `bench policy`."""
 
 from __future__ import annotations
 
@@ -65,6 +65,16 @@ def add_commands(sub, bench_sub) -> None:
     )
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    ei = sub.add_parser(
+        "export-init",
+        help="checkpoint -> a fine-tuning init file (weights, normalisation, configuration; no "
+        "optimizer state) to share or ship for `clamp finetune --init`",
+    )
+    ei.add_argument("run", help="training run folder or checkpoint .pt")
+    ei.add_argument("--out", required=True, help="file to write, e.g. models/pretrained/NAME.pt")
+    ei.add_argument("--json", action="store_true")
+    ei.set_defaults(func=cmd_export_init)
 
     bp = bench_sub.add_parser(
         "policy", help="full inference (encoders + DDIM), ONNX Runtime vs torch eager"
@@ -198,6 +208,24 @@ def cmd_export(args) -> int:
         print(
             f"exported {meta.name} to {args.out} ({result['size_mb']:.1f} MB); "
             f"ORT vs torch over a full DDIM loop: max |diff| = {meta.parity_max_abs_diff:.2e}"
+        )
+    return 0
+
+
+def cmd_export_init(args) -> int:
+    from .train import CheckpointError, export_init
+
+    try:
+        r = export_init(args.run, args.out)
+    except CheckpointError as e:
+        print(f"clamp export-init: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(
+            f"wrote {r['out']} ({r['size_mb']:.1f} MB): step {r['step']}, tasks "
+            f"{', '.join(r['tasks']) or '-'}, weights sha1 {r['weights_sha1'][:12]}"
         )
     return 0
 

@@ -110,6 +110,31 @@ def load_checkpoint(path: str | Path) -> dict:
     return ck
 
 
+RUN_STATE_KEYS = ("optimizer", "rng")
+"""What only resuming a run needs; an init file for ``clamp finetune --init`` leaves it out."""
+
+
+def export_init(run: str | Path, out: str | Path) -> dict:
+    """Write the checkpoint of ``run`` (a run folder or .pt) without the state only resuming
+    needs (optimizer moments, RNG): the file to share and ship for ``clamp finetune --init``
+    (about a third of the size; fine-tuning from it is the same as from the run). Atomic.
+    Returns what it wrote: ``out``, ``step``, ``tasks``, ``weights_sha1``, ``size_mb``."""
+    ck = load_checkpoint(run)
+    src = ck.pop("path")
+    init = {k: v for k, v in ck.items() if k not in RUN_STATE_KEYS}
+    init["exported_from"] = {"path": str(src), "step": ck["step"]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(init, out)
+    return {
+        "out": str(out),
+        "step": int(ck["step"]),
+        "tasks": list(ck.get("tasks") or []),
+        "weights_sha1": state_digest(ck["model"]),
+        "size_mb": out.stat().st_size / 1e6,
+    }
+
+
 def state_digest(state: dict[str, torch.Tensor], prefix: str = "") -> str:
     """SHA-1 over the tensors whose names start with ``prefix`` (order-independent)."""
     h = hashlib.sha1()

@@ -197,6 +197,43 @@ def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache
     assert ft["norm"] == pre["norm"]  # the pretrained normalisation is kept
 
 
+def test_an_exported_init_fine_tunes_exactly_like_its_run(
+    pretrained, toy_data, cache_dir, tmp_path, capsys
+):
+    """`clamp export-init`: the run's checkpoint without the optimizer state and RNG; a
+    fine-tune from that file ends with the same weights as one from the run folder."""
+    from clamp_core.cli import main
+
+    init = tmp_path / "shared" / "init.pt"
+    assert main(["export-init", str(pretrained), "--out", str(init), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    pre = load_checkpoint(pretrained)
+    ck = load_checkpoint(init)
+    assert "optimizer" not in ck and "rng" not in ck
+    assert r["weights_sha1"] == state_digest(pre["model"]) == state_digest(ck["model"])
+    assert r["step"] == pre["step"] and r["tasks"] == list(pre["tasks"])
+    assert init.stat().st_size < 0.6 * (pretrained / "checkpoints" / "last.pt").stat().st_size
+    ends = []
+    for name, src in (("run", pretrained), ("file", init)):
+        cfg = make_cfg(
+            toy_data,
+            tmp_path / name,
+            cache_dir,
+            steps=3,
+            init_from=str(src),
+            contrastive=False,
+            max_episodes=3,
+            model={},
+        )
+        train(cfg, progress=False)
+        ft = load_checkpoint(tmp_path / name)
+        assert ft["init"]["weights_sha1"] == r["weights_sha1"]
+        ends.append(state_digest(ft["model"]))
+    assert ends[0] == ends[1]
+    assert main(["export-init", str(tmp_path / "nothing"), "--out", str(init)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_finetune_changes_the_policy_shape_and_objective(pretrained, toy_data, cache_dir, tmp_path):
     """Fine-tuning may pool more view tokens and learn x0 ('sample'): the encoders stay
     bit-identical, the policy weights whose shape changed start fresh (and are listed), the
