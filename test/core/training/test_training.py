@@ -173,20 +173,24 @@ def test_resume_continues_from_the_last_checkpoint(toy_data, cache_dir, tmp_path
     assert load_checkpoint(out)["step"] == 15
 
 
-def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache_dir, tmp_path):
-    pre = load_checkpoint(pretrained)
-    out = tmp_path / "ft"
-    cfg = make_cfg(
-        toy_data,
+def finetune_cfg(data, out, cache, init, steps: int) -> TrainConfig:
+    """A frozen-encoder fine-tune of ``steps`` steps on 3 demos from ``init``."""
+    return make_cfg(
+        data,
         out,
-        cache_dir,
-        steps=5,
-        init_from=str(pretrained),
+        cache,
+        steps=steps,
+        init_from=str(init),
         contrastive=False,
         max_episodes=3,
         model={},
     )
-    train(cfg, progress=False)
+
+
+def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache_dir, tmp_path):
+    pre = load_checkpoint(pretrained)
+    out = tmp_path / "ft"
+    train(finetune_cfg(toy_data, out, cache_dir, pretrained, 5), progress=False)
     ft = load_checkpoint(out)
     assert ft["init"]["weights_sha1"] == state_digest(pre["model"])
     assert ft["init"]["path"] == str(pretrained / "checkpoints" / "last.pt")
@@ -215,17 +219,7 @@ def test_an_exported_init_fine_tunes_exactly_like_its_run(
     assert init.stat().st_size < 0.6 * (pretrained / "checkpoints" / "last.pt").stat().st_size
     ends = []
     for name, src in (("run", pretrained), ("file", init)):
-        cfg = make_cfg(
-            toy_data,
-            tmp_path / name,
-            cache_dir,
-            steps=3,
-            init_from=str(src),
-            contrastive=False,
-            max_episodes=3,
-            model={},
-        )
-        train(cfg, progress=False)
+        train(finetune_cfg(toy_data, tmp_path / name, cache_dir, src, 3), progress=False)
         ft = load_checkpoint(tmp_path / name)
         assert ft["init"]["weights_sha1"] == r["weights_sha1"]
         ends.append(state_digest(ft["model"]))
