@@ -806,10 +806,25 @@ def _predicted_track(ep: _Episode) -> tuple[np.ndarray, np.ndarray]:
     return np.array([t for t, _ in rows], np.int64), np.array([c for _, c in rows])
 
 
+def _held_track(ep: _Episode) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) times and (K, A) commands of every control tick from the first one with a command
+    on, a tick without one holding the last (the arm stays where it was sent): evenly spaced,
+    as ``clamp eval sim`` records its commands."""
+    first = next((i for i, (_, c) in enumerate(ep.ticks) if c is not None), None)
+    if first is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0))
+    times, rows, last = [], [], None
+    for t, c in ep.ticks[first:]:
+        last = c if c is not None else last
+        times.append(t)
+        rows.append(last)
+    return np.array(times, np.int64), np.array(rows, np.float64)
+
+
 def _loops(ep: _Episode, dt_s: float):
-    """``detect_loops`` on the executed plan (the command at each control tick that had one),
-    at the median period between the chunks the executor asked for."""
-    t, q = _predicted_track(ep)
+    """``detect_loops`` on the executed plan (``_held_track``), at the median period between
+    the chunks the executor asked for; its windows count from the track's first tick."""
+    _, q = _held_track(ep)
     dt_ns = dt_s * 1e9
     asked = [round(c.stamp_ns / dt_ns) for c in ep.chunks if c.executed]
     return detect_loops(q, inference_period(asked), dt_s)
@@ -921,7 +936,7 @@ def replay(
     ``trace`` (numpy arrays for the plots, not JSON): ``recorded_t_s`` (T,), ``recorded``
     (T, A), ``chunk_t_s`` (N, F), ``chunks`` (N, F, A), ``executed`` (N,) bool, and the
     executor's command at each control tick that had one, ``command_t_s`` (K,), ``commands``
-    (K, A)."""
+    (K, A), and ``loop_t0_s`` where the loop windows' times count from."""
     from ..data.bags import TopicsMap, topics_map_path
     from ..policy.runtime import OnnxPolicy
     from ..training.data import EpisodeRenderer
@@ -1008,6 +1023,8 @@ def replay(
                     "executed": np.array([c.executed for c in ep.chunks], bool),
                     "command_t_s": pt * 1e-9,
                     "commands": pq,
+                    # = the first tick with a command, where _held_track starts
+                    "loop_t0_s": float(pt[0]) * 1e-9 if len(pt) else 0.0,
                 }
     finally:
         if bar is not None:
@@ -1068,9 +1085,10 @@ def _plot_joints(result: dict, path: Path, joints: list[str]) -> Path:
             ax.plot(ct - t0, chunk[:, i], lw=0.6, alpha=0.6, ls="-" if ex else ":")
         if len(tr["command_t_s"]):
             ax.plot(tr["command_t_s"] - t0, tr["commands"][:, i], color="red", lw=0.8, ls="--")
-            c0 = tr["command_t_s"][0] - t0  # loop windows count from the first command
-            for x0, x1 in result.get("loops", {}).get("windows", []):
-                ax.axvspan(c0 + x0, c0 + x1, color="tab:red", alpha=0.08, lw=0)
+        for x0, x1 in result.get("loops", {}).get("windows", []):
+            # loop windows count from the first tick with a command (``_held_track``)
+            c0 = tr["loop_t0_s"] - t0
+            ax.axvspan(c0 + x0, c0 + x1, color="tab:red", alpha=0.08, lw=0)
         ax.set_ylabel(name, fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[-1]:

@@ -99,7 +99,8 @@ class LoopReport:
     """(start, end) of each looping window, s, merged where they overlap."""
     speed: float = 0.0
     """Largest RMS speed of the periodic part over the looping windows, rad/s (how big the
-    loop is: a sawtooth of a few cm per period is 1-2 rad/s, a ripple of a few mrad 0.1)."""
+    loop is: the sawtooth of a missed grasp measured 3-4 rad/s, a ripple of a few mrad per
+    period 0.1-0.5; the norm is over every joint, the grippers' normalised units included)."""
     progress: float | None = None
     """Smallest progress over the looping windows (None: no loop): how far the arms get in one
     period over how far they go out in it; 0 a motion that comes back, 1 one that goes on."""

@@ -304,13 +304,15 @@ def evaluate(
                 float(np.mean([r["loops"]["speed"] for r in failed if r["loops"]["loop"]] or [0])),
                 3,
             ),
-            # how far they get: 0 a sawtooth, 1 a motion that goes on (mean over them)
-            "failed_mean_progress": round(
-                float(
-                    np.mean([r["loops"]["progress"] for r in failed if r["loops"]["loop"]] or [1.0])
-                ),
-                3,
+            # how far they get: 0 a sawtooth, 1 a motion that goes on (mean over them; None
+            # without one)
+            "failed_mean_progress": _mean_or_none(
+                [r["loops"]["progress"] for r in failed if r["loops"]["loop"]]
             ),
         },
         "inference_steps": policy.schedule.cfg.inference_steps,
     }
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None

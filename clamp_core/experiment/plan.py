@@ -109,7 +109,7 @@ def build_plan(cfg: FewShotConfig) -> list[Cell]:
             add_finetune(*run)
     # from scratch: the costly runs, last; the headline demo count's first, every seed
     head = [cfg.headline_demos] if cfg.headline_demos else []
-    for counts in ([head, [n for n in cfg.demo_counts if n not in head]] if head else [None]):
+    for counts in [head, [n for n in cfg.demo_counts if n not in head]] if head else [None]:
         for seed in cfg.training_seeds:
             for run in runs(seed, scratch=True, counts=counts):
                 add_finetune(*run)

@@ -101,7 +101,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     p = resolve_checkpoint(path)
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
+        # tensors and plain containers only: a checkpoint from elsewhere runs no code when read
+        ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"checkpoint {p} is unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:

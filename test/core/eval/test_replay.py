@@ -241,7 +241,13 @@ def test_replay_finds_a_returning_loop_and_none_in_the_recorded_motion(recorded,
     loops = r["episodes"][0]["loops"]
     assert loops["period_steps"] == 5
     assert loops["loop"] and loops["returning"] and loops["progress"] < 0.2, loops
-    assert r["overall"]["loops"] == {"inputs": 1, "returning": 1, "loop_s": loops["loop_s"]}
+    summary = r["overall"]["loops"]
+    assert summary["inputs"] == 1 and summary["returning"] == 1
+    assert summary["loop_s"] == pytest.approx(loops["loop_s"], abs=0.01)
+    # the windows lie within the executed plan (from the first command to the last tick)
+    tr = r["episodes"][0]["trace"]
+    span = tr["recorded_t_s"][-1] - tr["loop_t0_s"]
+    assert all(0 <= a < b <= span + 0.02 for a, b in loops["windows"])
     report = write_report(r, tmp_path / "rep").read_text()
     assert "returning loop with the inference period" in report
     assert "1 input(s) with motion repeating every inference period, 1 of them returning" in report
@@ -249,6 +255,21 @@ def test_replay_finds_a_returning_loop_and_none_in_the_recorded_motion(recorded,
     assert fine["episodes"][0]["loops"]["period_steps"] == 5
     assert not fine["episodes"][0]["loops"]["loop"]
     assert fine["overall"]["loops"]["inputs"] == 0
+
+
+def test_the_loop_track_holds_the_last_command_through_ticks_without_one():
+    """Ticks without a command (a plan run out, a stale input) keep the track evenly spaced:
+    the arm holds the last command; nothing before the first command counts."""
+    from clamp_core.eval.replay import _Episode, _held_track
+
+    ep = _Episode("x", "bag")
+    a, b = np.full(14, 0.1), np.full(14, 0.3)
+    ep.ticks = [(0, None), (20, a), (40, None), (60, None), (80, b)]
+    t, q = _held_track(ep)
+    assert t.tolist() == [20, 40, 60, 80]
+    assert np.array_equal(q, np.stack([a, a, a, b]))
+    ep.ticks = [(0, None)]
+    assert len(_held_track(ep)[0]) == 0
 
 
 def test_gripper_events_are_interpolated_between_samples():

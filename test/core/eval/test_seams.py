@@ -122,7 +122,21 @@ def test_a_sawtooth_returns_and_a_staircase_steps(seed):
     steps = detect_loops(staircase(400, P, rng), P, DT)
     assert steps.loop and not steps.returning and steps.progress > 0.8, steps
     assert steps.to_dict()["returning"] is False and saw.to_dict()["progress"] < 0.1
-    assert LOOP_RETURNING_PROGRESS == 0.5
+    assert saw.progress < LOOP_RETURNING_PROGRESS < steps.progress
+
+
+def test_a_staircase_then_a_sawtooth_returns_and_the_progress_is_the_sawtooths():
+    """The smallest progress over the looping windows: one returning stretch after a
+    stepping one makes the trajectory returning."""
+    rng = np.random.default_rng(4)
+    steps = staircase(300, P, rng)
+    saw = looping_arms(300, P, rng, noise=0.0005) * 0.3
+    q = np.concatenate([steps, saw - saw[0] + steps[-1]])
+    r = detect_loops(q, P, DT)
+    first = detect_loops(steps, P, DT)
+    assert r.loop and r.returning and r.progress < 0.2
+    assert first.loop and not first.returning
+    assert r.windows[-1][1] > 300 * DT  # the loop goes on into the sawtooth
 
 
 def test_period_progress_of_known_motions():

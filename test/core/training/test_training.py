@@ -332,9 +332,17 @@ def test_finetune_unfrozen_and_scratch(pretrained, toy_data, cache_dir, tmp_path
     assert "loss_image_action" not in rows[0] and "loss_diffusion" in rows[0]
 
 
+class _Payload:
+    """An arbitrary object: unpickling it could run any code."""
+
+
 def test_bad_checkpoints_and_configs(tmp_path, toy_data, cache_dir):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nothing")
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "clamp-checkpoint-1", "model": {}, "x": _Payload()}, evil)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(evil)  # only tensors and plain containers are read
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="unreadable"):
