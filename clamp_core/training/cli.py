@@ -37,7 +37,12 @@ def add_commands(sub, bench_sub) -> None:
         p.add_argument("--no-resume", action="store_true", help="ignore checkpoints/last.pt")
         p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
         if name == "finetune":
-            p.add_argument("--init", dest="init_from", help="pretraining run folder or .pt")
+            p.add_argument(
+                "--init",
+                dest="init_from",
+                help="pretraining run folder or .pt (default: the shipped CLAMP pretraining, "
+                f"{DEFAULT_INIT})",
+            )
             p.add_argument(
                 "--episodes",
                 type=int,
@@ -100,6 +105,21 @@ def add_commands(sub, bench_sub) -> None:
     bp.set_defaults(func=cmd_bench_policy)
 
 
+DEFAULT_INIT = "models/pretrained/clamp_sim5_cpu_small.pt"
+"""What `clamp finetune` starts from without --init or --scratch: CLAMP pretrained on five
+simulated tasks (models/pretrained/README.md); the few-shot study measured what it is worth
+(docs/experiments.md)."""
+
+
+def default_init() -> Path | None:
+    """The shipped pretraining: in the source tree, or in the ROS package's share folder."""
+    bases = [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "clamp_ros"]
+    for base in bases:
+        if (base / DEFAULT_INIT).is_file():
+            return base / DEFAULT_INIT
+    return None
+
+
 def _set(d: dict, key: str, value) -> None:
     parts = key.split(".")
     for p in parts[:-1]:
@@ -143,7 +163,18 @@ def train_config_from_args(args):
     if args.mode == "finetune":
         d.setdefault("contrastive", False)
         if not d.get("init_from") and not d.get("from_scratch"):
-            raise SystemExit("clamp finetune: give --init RUN (or --scratch for the baseline)")
+            init = default_init()
+            if init is None:
+                raise SystemExit(
+                    f"clamp finetune: give --init RUN (or --scratch for the baseline); the "
+                    f"shipped {DEFAULT_INIT} is not installed here"
+                )
+            d["init_from"] = str(init)
+            print(
+                f"clamp finetune: starting from the shipped CLAMP pretraining {init} "
+                "(--init RUN for another, --scratch for none)",
+                file=sys.stderr,
+            )
     if not d.get("data"):
         raise SystemExit(f"clamp {args.mode}: give --data DIR (or data: in --config)")
     d.setdefault("out", f"runs/{args.mode}")

@@ -40,3 +40,19 @@ def test_the_shipped_init_is_the_one_documented():
         for task in ck["tasks"]:
             assert re.search(rf"\b{task}\b", section), task
         assert "drawer_open" not in ck["tasks"]  # the demo's task is held out of it
+
+
+def test_finetune_starts_from_the_shipped_pretraining_unless_told_otherwise(capsys):
+    from clamp_core.cli import build_parser
+    from clamp_core.training.cli import DEFAULT_INIT, train_config_from_args
+
+    parser, _ = build_parser()
+
+    def cfg(*extra):
+        return train_config_from_args(parser.parse_args(["finetune", "--data", "d", *extra]))
+
+    assert Path(cfg().init_from) == ROOT / DEFAULT_INIT
+    assert "starting from the shipped CLAMP pretraining" in capsys.readouterr().err
+    assert cfg("--init", "runs/pre").init_from == "runs/pre"
+    scratch = cfg("--scratch")
+    assert scratch.from_scratch and not scratch.init_from
