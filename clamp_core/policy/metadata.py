@@ -91,6 +91,10 @@ class PolicyMetadata:
     """Graph files relative to the model directory: {"encoders": ..., "denoiser": ...}."""
     versions: dict[str, str] = field(default_factory=dict)
     """Versions of the software that exported the model (clamp_core, torch, onnx, ...)."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Where the weights come from (informative, never checked): the checkpoint's ``step`` and
+    ``weights_sha1``, its ``tasks`` and ``data``, and ``init`` (what it was fine-tuned from:
+    ``path``, ``step``, ``weights_sha1``; ``{"scratch": true}``; ``{}`` for a pretraining)."""
     parity_max_abs_diff: float | None = None
     """Largest |torch - ONNX Runtime| over the exporter's parity check (None = not checked)."""
     created_unix: float = field(default_factory=time.time)

@@ -198,8 +198,26 @@ def build_metadata(ck: dict, cfg: ModelConfig, name: str, parity_diff: float | N
             "opset": str(OPSET),
             "checkpoint_step": str(ck.get("step", "")),
         },
+        training=_provenance(ck),
         parity_max_abs_diff=parity_diff,
     )
+
+
+def _provenance(ck: dict) -> dict:
+    """``PolicyMetadata.training`` of a checkpoint (``{}`` for an untrained model)."""
+    if "model" not in ck:
+        return {}
+    from .train import state_digest
+
+    init = dict(ck.get("init") or {})
+    init.pop("reinitialised", None)
+    return {
+        "step": int(ck.get("step", 0)),
+        "weights_sha1": state_digest(ck["model"]),
+        "tasks": list(ck.get("tasks", [])),
+        "data": [str(d) for d in ck.get("train_config", {}).get("data", [])],
+        "init": init,
+    }
 
 
 def untrained_checkpoint_meta(cfg: ModelConfig, perception: dict | None = None) -> dict:

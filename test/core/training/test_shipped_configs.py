@@ -56,3 +56,12 @@ def test_finetune_starts_from_the_shipped_pretraining_unless_told_otherwise(caps
     assert cfg("--init", "runs/pre").init_from == "runs/pre"
     scratch = cfg("--scratch")
     assert scratch.from_scratch and not scratch.init_from
+
+
+def test_the_shipped_model_was_fine_tuned_from_the_shipped_init():
+    from clamp_core.policy.metadata import PolicyMetadata
+
+    meta = PolicyMetadata.load(ROOT / "models" / "drawer_open")
+    init = load_checkpoint(ROOT / "models" / "pretrained" / "clamp_sim5_cpu_small.pt")
+    assert meta.training["init"]["weights_sha1"] == state_digest(init["model"])
+    assert meta.training["tasks"] == ["drawer_open"]

@@ -194,6 +194,10 @@ def test_finetune_starts_from_the_pretrained_weights(pretrained, toy_data, cache
     ft = load_checkpoint(out)
     assert ft["init"]["weights_sha1"] == state_digest(pre["model"])
     assert ft["init"]["path"] == str(pretrained / "checkpoints" / "last.pt")
+    # the exported model names the pretraining it was fine-tuned from
+    meta = export(out, tmp_path / "model", verify=False)
+    assert meta.training["init"]["weights_sha1"] == state_digest(pre["model"])
+    assert meta.training["weights_sha1"] == state_digest(ft["model"])
     # frozen encoders: bit-identical; the policy moved
     for prefix in ("image.", "action.", "text."):
         assert state_digest(ft["model"], prefix) == state_digest(pre["model"], prefix), prefix
@@ -370,6 +374,15 @@ def test_export_parity_and_runtime(pretrained, tmp_path, toy_data):
     ]
     policy = OnnxPolicy(out)
     assert policy.metadata.joint_names[0] == "left_waist"
+    # where the weights come from: this checkpoint, a pretraining (no init)
+    pre = load_checkpoint(pretrained)
+    assert policy.metadata.training == {
+        "step": pre["step"],
+        "weights_sha1": state_digest(pre["model"]),
+        "tasks": list(pre["tasks"]),
+        "data": [str(d) for d in pre["train_config"]["data"]],
+        "init": {},
+    }
     # a real observation from an episode, rendered like the live node renders it
     eps = load_episodes(toy_data)
     renderer = EpisodeRenderer(policy.metadata.perception_config())
