@@ -299,7 +299,7 @@ def plot_task(rows: list[dict], task: str, path: str | Path, title: str = "") ->
             ax.set_xlabel("fine-tuning steps")
             ax.set_ylim(-0.02, 1.02)
         axes[0][0].set_ylabel("success rate")
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        handles, labels = legend_entries(axes[0])
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         name = task.replace("_", " ").title()
         fig.suptitle(f"{name}{' (' + title + ')' if title else ''}: held out from pretraining")
@@ -309,6 +309,16 @@ def plot_task(rows: list[dict], task: str, path: str | Path, title: str = "") ->
             fig.savefig(f, format="png", dpi=150, bbox_inches="tight")
         plt.close(fig)
     return path
+
+
+def legend_entries(axes) -> tuple[list, list[str]]:
+    """Every line labelled in any of ``axes``, once, in order of appearance (an arm may have
+    no point in the first panel yet: the scratch runs of one demo count come first)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
 
 
 def _hms(s: float) -> str:

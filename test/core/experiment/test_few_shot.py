@@ -487,3 +487,20 @@ def test_markdown_and_plot_of_partial_results(tmp_path):
     p = plot_task(rows, "drawer_open", tmp_path / "d.png", "t")
     assert p.is_file() and p.stat().st_size > 10_000
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".partial")]
+
+
+def test_the_legend_names_an_arm_drawn_only_in_a_later_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clamp_core.experiment.results import legend_entries
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([0, 1], [0, 1], label="CLAMP")
+    axes[1].plot([0, 1], [0, 1], label="CLAMP")
+    axes[1].plot([0, 1], [1, 0], label="scratch")
+    _, labels = legend_entries(axes)
+    plt.close(fig)
+    assert labels == ["CLAMP", "scratch"]
