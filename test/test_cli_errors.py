@@ -28,6 +28,7 @@ BAD = {  # command -> (arguments after it, a phrase the one-line answer must con
         "/nonexistent",
     ),
     "export": (["/nonexistent/run", "--out", "{tmp}/m"], "/nonexistent/run"),
+    "export-init": (["/nonexistent/run", "--out", "{tmp}/i.pt"], "/nonexistent/run"),
     "experiment few-shot": (["--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
     "demo": (["--camera-size", "0x0"], "--camera-size"),
     "play": (["/nonexistent/bag"], "no such bag"),

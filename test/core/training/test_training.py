@@ -17,6 +17,7 @@ import torch
 from clamp_core.data.episode import EpisodeReader
 from clamp_core.perception.config import ConfigError
 from clamp_core.policy.runtime import OnnxPolicy, PolicyObservation
+from clamp_core.training.cli import DEFAULT_INIT
 from clamp_core.training.config import TrainConfig
 from clamp_core.training.data import (
     EpisodeRenderer,
@@ -492,14 +493,20 @@ def test_cli_pretrain_export_and_bench(toy_data, cache_dir, tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "does not exist" in p.stderr
+    # without --init (or --scratch): from the shipped CLAMP pretraining
+    out = tmp_path / "ft_default"
     p = subprocess.run(
-        [str(clamp), "finetune", "--data", str(toy_data)],
+        [str(clamp), "finetune", "--data", str(toy_data), "--out", str(out)]
+        + ["--steps", "1", "--batch-size", "2", "--json"],
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
-    assert p.returncode != 0 and "--init" in (p.stdout + p.stderr)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "starting from the shipped CLAMP pretraining" in p.stderr
+    shipped = load_checkpoint(REPO / DEFAULT_INIT)
+    assert load_checkpoint(out)["init"]["weights_sha1"] == state_digest(shipped["model"])
 
 
 def test_bench_policy_json_shape():
