@@ -12,7 +12,6 @@ import math
 import os
 import re
 import struct
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..geometry.messages import (
     transform_from_msg,
 )
 from ..geometry.transforms import Transform
+from ..shipped import shipped_path
 from ..teleop import LEADER_GRIPPER_CLOSED_RAD, LEADER_GRIPPER_OPEN_RAD
 
 EPISODE_KEY = "clamp.episode"
@@ -342,18 +342,10 @@ def topics_map_path(name_or_path) -> Path:
     ``share/clamp_ros/config/topics``."""
     text = str(name_or_path)
     if text in SHIPPED_MAPS:
-        bases = [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "clamp_ros"]
-        try:  # installed in an ament prefix (colcon, or the pip environment make setup registers)
-            from ament_index_python.packages import get_package_share_directory
-
-            bases.insert(1, Path(get_package_share_directory("clamp_ros")))
-        except Exception:  # noqa: BLE001 - no ament index: the other places still count
-            pass
-        for base in bases:
-            cand = base / "config" / "topics" / f"{text}.yaml"
-            if cand.is_file():
-                return cand
-        raise TopicsMapError(f"topics map '{text}': shipped map not found (config/topics)")
+        found = shipped_path(Path("config") / "topics" / f"{text}.yaml")
+        if found is None:
+            raise TopicsMapError(f"topics map '{text}': shipped map not found (config/topics)")
+        return found
     return Path(text)
 
 

@@ -112,12 +112,10 @@ simulated tasks (models/pretrained/README.md); the few-shot study measured what 
 
 
 def default_init() -> Path | None:
-    """The shipped pretraining: in the source tree, or in the ROS package's share folder."""
-    bases = [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "clamp_ros"]
-    for base in bases:
-        if (base / DEFAULT_INIT).is_file():
-            return base / DEFAULT_INIT
-    return None
+    """The shipped pretraining, where the package's data is (``shipped_path``)."""
+    from ..shipped import shipped_path
+
+    return shipped_path(DEFAULT_INIT)
 
 
 def _set(d: dict, key: str, value) -> None:
