@@ -936,7 +936,7 @@ def replay(
     ``trace`` (numpy arrays for the plots, not JSON): ``recorded_t_s`` (T,), ``recorded``
     (T, A), ``chunk_t_s`` (N, F), ``chunks`` (N, F, A), ``executed`` (N,) bool, and the
     executor's command at each control tick that had one, ``command_t_s`` (K,), ``commands``
-    (K, A), and ``loop_t0_s`` where the loop windows' times count from."""
+    (K, A)."""
     from ..data.bags import TopicsMap, topics_map_path
     from ..policy.runtime import OnnxPolicy
     from ..training.data import EpisodeRenderer
@@ -1023,8 +1023,6 @@ def replay(
                     "executed": np.array([c.executed for c in ep.chunks], bool),
                     "command_t_s": pt * 1e-9,
                     "commands": pq,
-                    # = the first tick with a command, where _held_track starts
-                    "loop_t0_s": float(pt[0]) * 1e-9 if len(pt) else 0.0,
                 }
     finally:
         if bar is not None:
@@ -1085,17 +1083,18 @@ def _plot_joints(result: dict, path: Path, joints: list[str]) -> Path:
             ax.plot(ct - t0, chunk[:, i], lw=0.6, alpha=0.6, ls="-" if ex else ":")
         if len(tr["command_t_s"]):
             ax.plot(tr["command_t_s"] - t0, tr["commands"][:, i], color="red", lw=0.8, ls="--")
-        for x0, x1 in result.get("loops", {}).get("windows", []):
             # loop windows count from the first tick with a command (``_held_track``)
-            c0 = tr["loop_t0_s"] - t0
-            ax.axvspan(c0 + x0, c0 + x1, color="tab:red", alpha=0.08, lw=0)
+            c0 = tr["command_t_s"][0] - t0
+            for x0, x1 in result.get("loops", {}).get("windows", []):
+                ax.axvspan(c0 + x0, c0 + x1, color="tab:red", alpha=0.08, lw=0)
         ax.set_ylabel(name, fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("s (bag time)", fontsize=7)
+    loop = _loop_words(result.get("loops", {}))
     fig.suptitle(
         f"{Path(result['input']).name}: recorded (black), predicted chunks, executed (red)"
-        + _loop_words(result.get("loops")),
+        + (f"; shaded: {loop}" if loop else ""),
         fontsize=9,
     )
     fig.tight_layout()
@@ -1105,13 +1104,14 @@ def _plot_joints(result: dict, path: Path, joints: list[str]) -> Path:
     return path
 
 
-def _loop_words(loops: dict | None) -> str:
-    """', shaded: a loop ...' for a plot title or a report line ('' without a loop)."""
-    if not loops or not loops.get("loop"):
+def _loop_words(loops: dict) -> str:
+    """'a returning loop ...' of one input's loops, for its plot title and report line ('' without
+    a loop)."""
+    if not loops.get("loop"):
         return ""
     kind = "returning" if loops["returning"] else "stepping"
     return (
-        f"; shaded: a {kind} loop with the inference period ({loops['loop_s']:.1f} s, "
+        f"a {kind} loop with the inference period ({loops['loop_s']:.1f} s, "
         f"{loops['speed']:.2f} rad/s, progress {loops['progress']:.2f})"
     )
 
@@ -1148,9 +1148,7 @@ def _loop_line(loops: dict) -> str:
             f"{loops['inputs']} input(s) with motion repeating every inference period, "
             f"{loops['returning']} of them returning (the sawtooth), {loops['loop_s']:.1f} s in all"
         )
-    if not loops.get("loop"):
-        return "none"
-    return _loop_words(loops)[len("; shaded: ") :]
+    return _loop_words(loops) or "none"
 
 
 def _fmt(v, digits: int = 4) -> str:

@@ -246,7 +246,7 @@ def test_replay_finds_a_returning_loop_and_none_in_the_recorded_motion(recorded,
     assert summary["loop_s"] == pytest.approx(loops["loop_s"], abs=0.01)
     # the windows lie within the executed plan (from the first command to the last tick)
     tr = r["episodes"][0]["trace"]
-    span = tr["recorded_t_s"][-1] - tr["loop_t0_s"]
+    span = tr["recorded_t_s"][-1] - tr["command_t_s"][0]
     assert all(0 <= a < b <= span + 0.02 for a, b in loops["windows"])
     report = write_report(r, tmp_path / "rep").read_text()
     assert "returning loop with the inference period" in report
