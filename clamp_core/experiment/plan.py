@@ -85,8 +85,8 @@ def build_plan(cfg: FewShotConfig) -> list[Cell]:
             evals.append(eid)
             cells.append(Cell(eid, "evaluate", (fid,), {**p, "step": step}))
 
-    def runs(seed: int, scratch: bool, counts=None):
-        for n in cfg.demo_counts if counts is None else counts:
+    def runs(seed: int, scratch: bool, counts: list[int]):
+        for n in counts:
             for task in cfg.held_out_tasks:
                 for variant in cfg.variants():
                     if (variant.split("-")[0] == "scratch") == scratch:
@@ -105,11 +105,12 @@ def build_plan(cfg: FewShotConfig) -> list[Cell]:
                     evals.append(eid)
                     p = {"task": task, "arm": arm, "seed": pseed, "step": 0, "pretrain": cid}
                     cells.append(Cell(eid, "evaluate", (cid,), p))
-        for run in runs(seed, scratch=False):
+        for run in runs(seed, scratch=False, counts=cfg.demo_counts):
             add_finetune(*run)
     # from scratch: the costly runs, last; the headline demo count's first, every seed
     head = [cfg.headline_demos] if cfg.headline_demos else []
-    for counts in [head, [n for n in cfg.demo_counts if n not in head]] if head else [None]:
+    groups = [head, [n for n in cfg.demo_counts if n not in head]] if head else [cfg.demo_counts]
+    for counts in groups:
         for seed in cfg.training_seeds:
             for run in runs(seed, scratch=True, counts=counts):
                 add_finetune(*run)

@@ -22,7 +22,7 @@ from ..models.clamp import ClampModel, DenoiserGraph, EncodersGraph
 from ..models.config import ModelConfig
 from ..policy.metadata import PolicyMetadata
 from ..policy.schedule import NoiseSchedule, ScheduleConfig, ddim_sample
-from .train import load_checkpoint
+from .train import load_checkpoint, state_digest
 
 OPSET = 17
 
@@ -207,8 +207,6 @@ def _provenance(ck: dict) -> dict:
     """``PolicyMetadata.training`` of a checkpoint (``{}`` for an untrained model)."""
     if "model" not in ck:
         return {}
-    from .train import state_digest
-
     init = dict(ck.get("init") or {})
     init.pop("reinitialised", None)
     return {
